@@ -1,0 +1,186 @@
+// CPU launcher of the fused distillation loss: OpenMP over rows, and per row
+// the passes of pysd/kd_loss.h as `omp simd` loops.  The exp pass keeps its
+// exponentials in a per-thread scratch row (L2-resident) so the gradient pass
+// is pure multiply-adds: 2 exp per entry (3 when the hard CE needs T = 1).
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "ops.h"
+#include "simd.h"
+
+namespace pysd {
+namespace cpu {
+namespace {
+
+using namespace kd;
+
+template <typename In, typename A>
+struct Scratch { A* ez; A* eu; A* e1; A* f; };
+
+template <int TF, bool SEP, typename In, typename A>
+PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, const Scratch<In, A>& b) {
+  const int64_t n = c.cols;
+  const In* __restrict s = a.student + i * a.student_stride;
+  const In* __restrict t = TF == kNoTeacher ? nullptr : a.teacher + i * a.teacher_stride;
+  In* __restrict g = c.compute_grad ? a.grad + i * a.grad_stride : nullptr;
+  A* __restrict bz = b.ez;
+  A* __restrict bu = b.eu;
+  A* __restrict b1 = b.e1;
+  A* __restrict bf = b.f;
+  const int64_t y = c.has_target ? a.target[i] : -1;
+  const A w = a.weight ? a.weight[i] : A(1);
+  const A inv_t = A(1) / A(c.temperature);
+
+  if (c.has_target && y == c.ignore_index) {
+    a.loss[i] = A(0);
+    if (g) std::fill(g, g + n, from_acc<In>(A(0)));
+    return;
+  }
+
+  // Pass 1: row maxima (and the raw sum for label smoothing).
+  Totals<A> acc;
+  A ms = neg_inf<A>(), mt = neg_inf<A>();
+#pragma omp simd reduction(max : ms)
+  for (int64_t j = 0; j < n; ++j) ms = std::max(ms, A(to_float(s[j])));
+  if (TF == kLogits || TF == kLogProbs) {
+#pragma omp simd reduction(max : mt)
+    for (int64_t j = 0; j < n; ++j) mt = std::max(mt, A(to_float(t[j])));
+  }
+  acc.ms = ms;
+  acc.mt = mt;
+  if (c.has_hard() && c.label_smoothing != 0.0) {
+    A ssum = 0;
+#pragma omp simd reduction(+ : ssum)
+    for (int64_t j = 0; j < n; ++j) ssum += A(to_float(s[j])) - ms;
+    acc.ssum = ssum;
+  }
+
+  // Pass 2: exponentials and their sums.
+  A sz = 0, su = 0, s1 = 0, fkl = 0;
+#pragma omp simd reduction(+ : sz, su, s1, fkl)
+  for (int64_t j = 0; j < n; ++j) {
+    Totals<A> e;
+    A ez, eu, e1;
+    exp_elem<TF, SEP>(inv_t, ms, mt, A(to_float(s[j])), TF == kNoTeacher ? A(0) : A(to_float(t[j])),
+                      ez, eu, e1, e);
+    bz[j] = ez;
+    bu[j] = eu;
+    b1[j] = e1;
+    sz += e.sz;
+    su += e.su;
+    s1 += e.s1;
+    fkl += e.fkl;
+  }
+  acc.sz = sz;
+  acc.su = su;
+  acc.s1 = s1;
+  acc.fkl = fkl;
+
+  const A s_target = (c.has_hard() && y >= 0 && y < n) ? A(to_float(s[y])) : A(0);
+  const bool bad_target = c.has_hard() && (y < 0 || y >= n);
+  Row<A> r = finalize(c, acc, s_target, y, w, *a.grad_scale);
+
+  // Pass 3 (rkl / jsd): the divergence, which the gradient needs.
+  const bool div_pass = TF != kNoTeacher && c.has_soft() && c.divergence != kFKL;
+  if (div_pass) {
+    const A log_sz = r.log_sz, log_su = r.log_su, inv_sz = A(1) / acc.sz;
+    const A inv_su = TF == kProbs ? A(1) : A(1) / acc.su;
+    A dsum = 0, qf = 0;
+#pragma omp simd reduction(+ : dsum, qf)
+    for (int64_t j = 0; j < n; ++j) {
+      const A q = bz[j] * inv_sz;
+      const A p = bu[j] * inv_su;
+      const A lq = log_q(A(to_float(s[j])), ms, inv_t, log_sz);
+      const A lp = TF == kProbs ? flog(p) : (A(to_float(t[j])) - mt) * inv_t - log_su;
+      A d;
+      const A f = div_elem(c, q, lq, p, lp, d);
+      bf[j] = f;
+      dsum += d;
+      qf += q > A(0) ? q * f : A(0);
+    }
+    finalize_divergence(c, r, dsum, qf, w);
+  }
+  // An out-of-range class index can only reach here when validation was
+  // skipped (torch.compile); make it loud rather than read out of bounds.
+  a.loss[i] = bad_target ? A(NAN) : r.loss;
+
+  // Pass 4: the gradient.
+  if (g) {
+    if (div_pass) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) g[j] = from_acc<In>(grad_elem(r, bz[j], b1[j], bu[j], bf[j]));
+    } else {
+      const A cz = r.cz, c1 = r.c1, cp = r.cp, cc = r.cc;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        A v = cz * bz[j] + cc;
+        if (SEP) v += c1 * b1[j];
+        if (TF != kNoTeacher) v += cp * bu[j];
+        g[j] = from_acc<In>(v);
+      }
+    }
+    if (r.y >= 0 && r.y < n) {
+      g[r.y] = from_acc<In>(A(to_float(g[r.y])) + r.cy);
+    } else if (bad_target) {
+      std::fill(g, g + n, from_acc<In>(A(NAN)));
+    }
+  }
+}
+
+template <int TF, typename In, typename A>
+PYSD_INLINE void rows_tf(const Config& c, const Args<In, A>& a, int64_t r0, int64_t r1,
+                         const Scratch<In, A>& b) {
+  if (c.separate_ce()) {
+    for (int64_t i = r0; i < r1; ++i) row<TF, true>(c, a, i, b);
+  } else {
+    for (int64_t i = r0; i < r1; ++i) row<TF, false>(c, a, i, b);
+  }
+}
+
+template <typename In, typename A>
+PYSD_INLINE void rows(const Config& c, const Args<In, A>& a, int64_t r0, int64_t r1, A* scratch) {
+  const int64_t n = c.cols;
+  const Scratch<In, A> b{scratch, scratch + n, scratch + 2 * n, scratch + 3 * n};
+  switch (c.teacher_format) {
+    case kLogits:
+    case kLogProbs: rows_tf<kLogits>(c, a, r0, r1, b); break;
+    case kProbs: rows_tf<kProbs>(c, a, r0, r1, b); break;
+    default: rows_tf<kNoTeacher>(c, a, r0, r1, b); break;
+  }
+}
+
+// One ISA-dispatched entry per storage type.
+PYSD_ISA_CLONES void rows_f32(const Config& c, const Args<float, float>& a, int64_t r0, int64_t r1,
+                              float* s) { rows(c, a, r0, r1, s); }
+PYSD_ISA_CLONES void rows_f64(const Config& c, const Args<double, double>& a, int64_t r0, int64_t r1,
+                              double* s) { rows(c, a, r0, r1, s); }
+PYSD_ISA_CLONES void rows_bf16(const Config& c, const Args<bf16_t, float>& a, int64_t r0, int64_t r1,
+                               float* s) { rows(c, a, r0, r1, s); }
+PYSD_ISA_CLONES void rows_f16(const Config& c, const Args<f16_t, float>& a, int64_t r0, int64_t r1,
+                              float* s) { rows(c, a, r0, r1, s); }
+
+template <typename In, typename A, typename Fn>
+void launch(const Config& c, const Args<In, A>& a, Fn fn) {
+  if (c.rows == 0) return;
+  // Rows are independent; a few rows per chunk keeps scratch reuse hot.
+  const int64_t work = c.rows * std::max<int64_t>(c.cols, 1);
+  const bool parallel = work >= (int64_t(1) << 15) && c.rows > 1;
+#pragma omp parallel if (parallel)
+  {
+    std::vector<A> scratch(4 * std::max<int64_t>(c.cols, 1));
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < c.rows; ++i) fn(c, a, i, i + 1, scratch.data());
+  }
+}
+
+}  // namespace
+
+void kd_loss(const Config& c, const Args<float, float>& a) { launch(c, a, rows_f32); }
+void kd_loss(const Config& c, const Args<double, double>& a) { launch(c, a, rows_f64); }
+void kd_loss(const Config& c, const Args<bf16_t, float>& a) { launch(c, a, rows_bf16); }
+void kd_loss(const Config& c, const Args<f16_t, float>& a) { launch(c, a, rows_f16); }
+
+}  // namespace cpu
+}  // namespace pysd

@@ -1,0 +1,23 @@
+// pybind11 module pysd._C: the CPU kernels behind raw pointers.  Python
+// passes data pointers, sizes and strides; validation happened in pysd.ops.
+#include <omp.h>
+
+#include "../bindings.h"
+#include "ops.h"
+#include "simd.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pysd CPU kernels (raw-pointer interface; use the pysd package API)";
+  pysd::bind::def_kd_loss(m, [](const auto& c, const auto& a, uintptr_t) { pysd::cpu::kd_loss(c, a); });
+  m.def("build_info", [] {
+    py::dict d;
+    d["version"] = PYSD_VERSION;
+    d["compiler"] = PYSD_COMPILER;
+    d["isa_paths"] = PYSD_ISA_PATHS;
+    d["openmp"] = std::to_string(_OPENMP);
+    d["max_threads"] = omp_get_max_threads();
+    return d;
+  });
+}

@@ -1,0 +1,22 @@
+// pybind11 module pysd._C_cuda: the CUDA kernels behind raw pointers and a
+// stream handle.  Compiled by the host compiler; the CUDA runtime is linked
+// statically, so importing works without a GPU and a call fails cleanly.
+#include "../bindings.h"
+#include "ops.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C_cuda, m) {
+  m.doc() = "pysd CUDA kernels (raw-pointer interface; use the pysd package API)";
+  pysd::bind::def_kd_loss(m, [](const auto& c, const auto& a, uintptr_t stream) {
+    pysd::cuda::kd_loss(c, a, stream);
+  });
+  m.def("device_count", &pysd::cuda::device_count);
+  m.def("build_info", [] {
+    py::dict d;
+    d["version"] = PYSD_VERSION;
+    d["cuda_runtime"] = pysd::cuda::runtime_version();
+    d["cuda_archs"] = PYSD_CUDA_ARCHS;
+    return d;
+  });
+}

@@ -1,0 +1,23 @@
+// Entry points of the CUDA kernels (csrc/cuda/*.cu), called by the bindings.
+// Plain C++ interface: no CUDA headers needed by the caller.
+#pragma once
+
+#include <string>
+
+#include "pysd/kd_loss.h"
+
+namespace pysd {
+namespace cuda {
+
+// Each launcher enqueues on `stream` (a cudaStream_t as an integer) and
+// throws std::runtime_error with the CUDA error string on failure.
+void kd_loss(const kd::Config& c, const kd::Args<float, float>& a, uintptr_t stream);
+void kd_loss(const kd::Config& c, const kd::Args<double, double>& a, uintptr_t stream);
+void kd_loss(const kd::Config& c, const kd::Args<bf16_t, float>& a, uintptr_t stream);
+void kd_loss(const kd::Config& c, const kd::Args<f16_t, float>& a, uintptr_t stream);
+
+int device_count();            // 0 when no driver / no device
+std::string runtime_version();
+
+}  // namespace cuda
+}  // namespace pysd

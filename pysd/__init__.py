@@ -1,0 +1,25 @@
+"""pysd: fast kernels for self-distillation and knowledge distillation under label noise.
+
+Public API (see README.md and DESIGN.md):
+
+* :func:`kd_loss` / :class:`pysd.nn.DistillationLoss`: the fused distillation loss.
+* :func:`info`: backends, build configuration and versions.
+"""
+
+__version__ = "0.1.0"
+
+from . import _backend
+from ._backend import BackendError
+
+_backend.warn_if_cpp_missing()
+
+from .ops.kd_loss import kd_loss  # noqa: E402
+from . import nn  # noqa: E402
+
+
+def info() -> dict:
+    """Backends (usable or not, and why), build configuration and versions, as a dict."""
+    return _backend.info()
+
+
+__all__ = ["kd_loss", "nn", "info", "BackendError", "__version__"]

@@ -1,0 +1,140 @@
+"""Reference fused distillation loss: per-row loss from the formulas, gradient by autograd."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .. import _backend
+
+FKL, RKL, JSD = 0, 1, 2
+LOGITS, PROBS, LOGPROBS = 0, 1, 2
+
+
+def _plogp_ratio(p: torch.Tensor, lp: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:
+    """sum_j p_j (lp_j - lm_j) with 0 * anything = 0."""
+    return torch.where(p > 0, p * (lp - lm), torch.zeros_like(p)).sum(-1)
+
+
+def kd_loss_rows(
+    student: torch.Tensor,
+    teacher: Optional[torch.Tensor],
+    target: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor],
+    *,
+    teacher_format: int,
+    divergence: int,
+    beta: float,
+    temperature: float,
+    soft_coef: float,
+    hard_weight: float,
+    label_smoothing: float,
+    ignore_index: int,
+) -> torch.Tensor:
+    """Weighted per-row loss ``(N,)`` for ``student: (N, C)``, differentiable in ``student``.
+
+    ``hard_weight * CE(softmax(s), target; label_smoothing) + soft_coef * D(p_T, q_T)``
+    with ``q_T = softmax(s / T)`` and ``p_T = softmax(t / T)`` (logits, log-probs)
+    or ``p = t`` (probs); rows whose target is ``ignore_index`` are 0.
+    """
+    s = student
+    n, c = s.shape
+    loss = s.new_zeros(n)
+    valid = torch.ones(n, dtype=torch.bool, device=s.device) if target is None else target != ignore_index
+    if target is not None and hard_weight != 0.0:
+        logq1 = F.log_softmax(s, dim=-1)
+        tgt = torch.where(valid, target, torch.zeros_like(target))
+        nll = -logq1.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        smooth = -logq1.sum(-1) / c
+        loss = loss + hard_weight * ((1.0 - label_smoothing) * nll + label_smoothing * smooth)
+    if teacher is not None and soft_coef != 0.0:
+        logq = F.log_softmax(s / temperature, dim=-1)
+        q = logq.exp()
+        if teacher_format == PROBS:
+            p = teacher
+            logp = torch.log(teacher)
+        else:
+            logp = F.log_softmax(teacher / temperature, dim=-1)
+            p = logp.exp()
+        if divergence == FKL:
+            d = _plogp_ratio(p, logp, logq)
+        elif divergence == RKL:
+            d = _plogp_ratio(q, logq, logp)
+        else:
+            m = beta * p + (1.0 - beta) * q
+            # m == 0 only where p and q both vanish; those entries contribute 0
+            # and must not send an inf derivative through log.
+            logm = torch.log(torch.where(m > 0, m, torch.ones_like(m)))
+            d = beta * _plogp_ratio(p, logp, logm) + (1.0 - beta) * _plogp_ratio(q, logq, logm)
+        loss = loss + soft_coef * d
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if weight is not None:
+        loss = loss * weight
+    return loss
+
+
+def kd_loss_grad(
+    student: torch.Tensor,
+    teacher: Optional[torch.Tensor],
+    target: Optional[torch.Tensor],
+    *,
+    teacher_format: int,
+    divergence: int,
+    beta: float,
+    temperature: float,
+    soft_coef: float,
+    hard_weight: float,
+    label_smoothing: float,
+    ignore_index: int,
+) -> torch.Tensor:
+    """Closed-form ``d loss_i / d s`` per row (unweighted, ignored rows 0), ``(N, C)``."""
+    s = student
+    n, c = s.shape
+    grad = torch.zeros_like(s)
+    if target is not None and hard_weight != 0.0:
+        onehot = torch.zeros_like(s)
+        valid = target != ignore_index
+        onehot[valid.nonzero().squeeze(-1), target[valid]] = 1.0
+        grad += hard_weight * (F.softmax(s, -1) - (1.0 - label_smoothing) * onehot - label_smoothing / c)
+    if teacher is not None and soft_coef != 0.0:
+        logq = F.log_softmax(s / temperature, -1)
+        q = logq.exp()
+        if teacher_format == PROBS:
+            p, logp = teacher, torch.log(teacher)
+        else:
+            logp = F.log_softmax(teacher / temperature, -1)
+            p = logp.exp()
+        if divergence == FKL:
+            gz = p.sum(-1, keepdim=True) * q - p
+        else:
+            if divergence == RKL:
+                f, scale = logq - logp, 1.0
+            else:
+                m = beta * p + (1.0 - beta) * q
+                f, scale = logq - torch.log(m), 1.0 - beta
+            qf = torch.where(q > 0, q * f, torch.zeros_like(q))
+            gz = scale * torch.where(q > 0, q * (f - qf.sum(-1, keepdim=True)), torch.zeros_like(q))
+        grad += (soft_coef / temperature) * gz
+    if target is not None:
+        grad[target == ignore_index] = 0.0
+    return grad
+
+
+@_backend.register("kd_loss", "torch")
+def kd_loss_backend(
+    student, teacher, target, weight, grad_scale, *, compute_grad: bool, **options
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Backend adapter: ``(rows, grad_scale * d sum(rows) / d student)``, computed in the
+    accumulation dtype.  A plain-torch path (several ``(N, C)`` temporaries), used on GPUs
+    without ``pysd._C_cuda`` and as a cross-check of the kernels."""
+    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    s = student.to(acc)
+    t = None if teacher is None else teacher.to(acc)
+    rows = kd_loss_rows(s, t, target, weight, **options)
+    if not compute_grad:
+        return rows, None
+    scale = grad_scale.to(acc) * (weight if weight is not None else 1.0)
+    grad = kd_loss_grad(s, t, target, **options) * torch.as_tensor(scale, dtype=acc).reshape(-1, 1)
+    return rows, grad.to(student.dtype)

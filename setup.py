@@ -1,0 +1,58 @@
+"""Builds pysd._C (and pysd._C_cuda when nvcc is found) with CMake.
+
+Environment knobs: PYSD_CUDA=AUTO|ON|OFF, PYSD_CUDA_ARCHS="80-real;90-real;90-virtual",
+PYSD_BUILD_JOBS (default: CPU count), PYSD_BUILD_TYPE (default Release),
+PYSD_BUILD_DIR (a persistent CMake build folder, for fast incremental rebuilds).
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).parent.resolve()
+VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    """One CMake build produces every module; modules it skipped (no nvcc) are dropped."""
+
+    def build_extensions(self) -> None:
+        self._cmake(Path(self.get_ext_fullpath(self.extensions[0].name)).parent.resolve())
+        self.extensions = [e for e in self.extensions if Path(self.get_ext_fullpath(e.name)).exists()]
+
+    def _cmake(self, out_dir: Path) -> None:
+        import pybind11
+
+        build_dir = Path(os.environ.get("PYSD_BUILD_DIR") or Path(self.build_temp) / "cmake").resolve()
+        build_dir.mkdir(parents=True, exist_ok=True)
+        config = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DCMAKE_BUILD_TYPE={os.environ.get('PYSD_BUILD_TYPE', 'Release')}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DPYSD_VERSION={VERSION}",
+            f"-DPYSD_CUDA={os.environ.get('PYSD_CUDA', 'AUTO')}",
+        ]
+        if os.environ.get("PYSD_CUDA_ARCHS"):
+            config.append(f"-DPYSD_CUDA_ARCHS={os.environ['PYSD_CUDA_ARCHS']}")
+        jobs = os.environ.get("PYSD_BUILD_JOBS", str(os.cpu_count() or 1))
+        subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *config], check=True)
+        subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)
+
+
+setup(
+    version=VERSION,
+    ext_modules=[CMakeExtension("pysd._C"), CMakeExtension("pysd._C_cuda")],
+    cmdclass={"build_ext": CMakeBuild},
+    zip_safe=False,
+)
