@@ -125,8 +125,10 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, temper
                         f = lq - lp
                         d = q * f if q > 0 else zero
                     else:
-                        m = beta * p + (one - beta) * q
-                        lm = math.log(m)
+                        a = math.log(beta) + lp
+                        b = math.log(one - beta) + lq
+                        hi = max(a, b)
+                        lm = hi + math.log(one + math.exp(min(a, b) - hi))
                         f = lq - lm
                         d = zero
                         if p > 0:
