@@ -1,7 +1,9 @@
 """numba fallback of the fused distillation loss (float32 / float64).
 
-Same passes as ``csrc/cpu/kd_loss.cpp``: row max, exponentials into a
-per-thread scratch row, (rkl/jsd) the divergence, then the gradient.
+Same passes as ``csrc/cpu/kd_loss.cpp``: row max, exponentials into a per-thread
+scratch row, (rkl/jsd) the divergence, then the gradient.  Scalars are kept in the
+input's precision (typed constants are passed in) and every inner loop is
+branch-free, so LLVM can vectorize all but the ``exp``/``log`` calls.
 """
 
 from __future__ import annotations
@@ -16,23 +18,30 @@ from . import CACHE
 
 FKL, RKL, JSD = 0, 1, 2
 NO_TEACHER, LOGITS, PROBS, LOGPROBS = -1, 0, 1, 2
+_FAST = {"nsz", "arcp", "contract", "reassoc"}  # no "nnan"/"ninf": inf and NaN keep IEEE meaning
 
 
-@numba.njit(cache=CACHE, parallel=True, fastmath={"nsz", "arcp", "contract", "reassoc"})
-def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, temperature, soft_coef,
-             hard_weight, smoothing, ignore_index, has_target, compute_grad, scratch):
+@numba.njit(cache=CACHE, fastmath=_FAST, inline="always")
+def _row_max(x, c):
+    m = x[0]
+    for j in range(1, c):
+        m = max(m, x[j])
+    return m
+
+
+@numba.njit(cache=CACHE, parallel=True, fastmath=_FAST)
+def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t, soft_coef, hard_weight,
+             smoothing, ignore_index, has_target, compute_grad, scratch, zero, one):
     n, c = s.shape
-    one = 1.0
-    zero = 0.0
-    inv_t = one / temperature
-    has_teacher = tf != NO_TEACHER
     t_logits = tf == LOGITS or tf == LOGPROBS
-    has_soft = has_teacher and soft_coef != 0.0
-    has_hard = has_target and hard_weight != 0.0
-    sep = has_hard and temperature != 1.0
+    has_soft = tf != NO_TEACHER and soft_coef != zero
+    has_hard = has_target and hard_weight != zero
+    sep = has_hard and inv_t != one
     for i in numba.prange(n):
         buf = scratch[numba.get_thread_id()]
         bz, bu, b1, bf = buf[0], buf[1], buf[2], buf[3]
+        si = s[i]
+        ti = t[i]
         y = target[i] if has_target else -1
         w = weight[i] if weight.shape[0] > 0 else one
         if has_target and y == ignore_index:
@@ -40,41 +49,41 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, temper
             if compute_grad:
                 grad[i, :] = zero
             continue
-        ms = -np.inf
-        mt = -np.inf
-        for j in range(c):
-            ms = max(ms, s[i, j])
-        if t_logits:
-            for j in range(c):
-                mt = max(mt, t[i, j])
+        ms = _row_max(si, c)
         sz = zero
-        su = zero
-        s1 = zero
-        fkl = zero
-        ssum = zero
         for j in range(c):
-            zs = (s[i, j] - ms) * inv_t
-            ez = math.exp(zs)
+            ez = math.exp((si[j] - ms) * inv_t)
             bz[j] = ez
             sz += ez
-            ssum += s[i, j] - ms
-            if t_logits:
-                us = (t[i, j] - mt) * inv_t
+        su = zero
+        fkl = zero
+        if t_logits:
+            mt = _row_max(ti, c)
+            for j in range(c):
+                us = (ti[j] - mt) * inv_t
                 eu = math.exp(us)
                 bu[j] = eu
                 su += eu
-                if eu > 0:
-                    fkl += eu * (us - zs)
-            elif tf == PROBS:
-                p = t[i, j]
+                fkl += eu * (us - (si[j] - ms) * inv_t) if eu > zero else zero
+        elif tf == PROBS:
+            mt = zero
+            for j in range(c):
+                p = ti[j]
                 bu[j] = p
                 su += p
-                if p > 0:
-                    fkl += p * (math.log(p) - zs)
-            if sep:
-                e1 = math.exp(s[i, j] - ms)
+                fkl += p * (math.log(p) - (si[j] - ms) * inv_t) if p > zero else zero
+        else:
+            mt = zero
+        s1 = zero
+        ssum = zero
+        if sep:
+            for j in range(c):
+                e1 = math.exp(si[j] - ms)
                 b1[j] = e1
                 s1 += e1
+        if has_hard and smoothing != zero:
+            for j in range(c):
+                ssum += si[j] - ms
         bad = has_hard and (y < 0 or y >= c)
         g = grad_scale * w
         log_sz = math.log(sz)
@@ -85,9 +94,10 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, temper
         cc = zero
         cy = zero
         cq = zero
+        qf = zero
         if has_hard and not bad:
             log_s1 = math.log(s1) if sep else log_sz
-            nll = log_s1 - (s[i, y] - ms)
+            nll = log_s1 - (si[y] - ms)
             smooth = log_s1 - ssum / c
             total += hard_weight * ((one - smoothing) * nll + smoothing * smooth)
             if sep:
@@ -96,62 +106,64 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, temper
                 cz = g * hard_weight / sz
             cc = -g * hard_weight * smoothing / c
             cy = -g * hard_weight * (one - smoothing)
-        log_su = zero
-        qf = zero
         if has_soft:
             gs = g * soft_coef * inv_t
-            if t_logits:
-                log_su = math.log(su)
+            log_su = math.log(su) if t_logits else zero
             if div == FKL:
                 if t_logits:
-                    kl = fkl / su - log_su + log_sz
+                    total += soft_coef * (fkl / su - log_su + log_sz)
                     cp = -gs / su
                     cz += gs / sz
                 else:
-                    kl = fkl + su * log_sz
+                    total += soft_coef * (fkl + su * log_sz)
                     cp = -gs
                     cz += gs * su / sz
-                total += soft_coef * kl
             else:
                 cq = gs * ((one - beta) if div == JSD else one) / sz
                 inv_su = one if tf == PROBS else one / su
+                log_b = math.log(beta) if div == JSD else zero
+                log_1b = math.log(one - beta) if div == JSD else zero
                 dsum = zero
                 for j in range(c):
                     q = bz[j] / sz
                     p = bu[j] * inv_su
-                    lq = (s[i, j] - ms) * inv_t - log_sz
-                    lp = math.log(p) if tf == PROBS else (t[i, j] - mt) * inv_t - log_su
+                    lq = (si[j] - ms) * inv_t - log_sz
+                    lp = math.log(p) if tf == PROBS else (ti[j] - mt) * inv_t - log_su
                     if div == RKL:
                         f = lq - lp
-                        d = q * f if q > 0 else zero
+                        d = q * f if q > zero else zero
                     else:
-                        m = beta * p + (one - beta) * q
-                        lm = math.log(m)
+                        # log m in log space, as csrc/include/pysd/kd_loss.h
+                        a = log_b + lp
+                        b = log_1b + lq
+                        hi = max(a, b)
+                        lm = hi + math.log(one + math.exp(min(a, b) - hi))
                         f = lq - lm
-                        d = zero
-                        if p > 0:
-                            d += beta * p * (lp - lm)
-                        if q > 0:
-                            d += (one - beta) * q * f
+                        d = (beta * p * (lp - lm) if p > zero else zero) + ((one - beta) * q * f if q > zero else zero)
                     bf[j] = f
                     dsum += d
-                    if q > 0:
-                        qf += q * f
+                    qf += q * f if q > zero else zero
                 total += soft_coef * dsum
         loss[i] = np.nan if bad else total * w
         if compute_grad:
+            gi = grad[i]
+            if bad:
+                gi[:] = np.nan
+                continue
             for j in range(c):
-                v = cz * bz[j] + cc
-                if sep:
-                    v += c1 * b1[j]
-                if has_soft:
-                    if div == FKL:
-                        v += cp * bu[j]
-                    elif bz[j] > 0:
-                        v += cq * bz[j] * (bf[j] - qf)
-                grad[i, j] = np.nan if bad else v
-            if not bad and has_hard:
-                grad[i, y] += cy
+                gi[j] = cz * bz[j] + cc
+            if sep:
+                for j in range(c):
+                    gi[j] += c1 * b1[j]
+            if has_soft:
+                if div == FKL:
+                    for j in range(c):
+                        gi[j] += cp * bu[j]
+                else:
+                    for j in range(c):
+                        gi[j] += cq * bz[j] * (bf[j] - qf) if bz[j] > zero else zero
+            if has_hard:
+                gi[y] += cy
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
@@ -165,15 +177,16 @@ def kd_loss_backend(student, teacher, target, weight, grad_scale, *, compute_gra
     acc = torch.float64 if student.dtype == torch.float64 else torch.float32
     s = student.to(acc)
     n, c = s.shape
-    t = s[:0] if teacher is None else teacher.to(acc)
+    t = s[:1] if teacher is None else teacher.to(acc)
     y = torch.empty(0, dtype=torch.int64) if target is None else target
     w = torch.empty(0, dtype=acc) if weight is None else weight.to(acc)
     rows = torch.empty(n, dtype=acc)
     grad = torch.empty((n, c), dtype=acc) if compute_grad else torch.empty((0, c), dtype=acc)
-    threads = numba.get_num_threads()
-    scratch = np.empty((threads, 4, max(c, 1)), dtype=_np(s).dtype)
+    typ = np.float64 if acc == torch.float64 else np.float32
+    scratch = np.empty((numba.get_num_threads(), 4, c), dtype=typ)
     if n > 0:
-        _kd_rows(_np(s), _np(t), _np(y), _np(w), float(grad_scale), _np(grad), _np(rows),
-                 teacher_format if teacher is not None else NO_TEACHER, divergence, beta, temperature, soft_coef,
-                 hard_weight, label_smoothing, ignore_index, target is not None, compute_grad, scratch)
+        _kd_rows(_np(s), _np(t), _np(y), _np(w), typ(grad_scale), _np(grad), _np(rows),
+                 teacher_format if teacher is not None else NO_TEACHER, divergence, typ(beta), typ(1.0 / temperature),
+                 typ(soft_coef), typ(hard_weight), typ(label_smoothing), ignore_index, target is not None,
+                 compute_grad, scratch, typ(0.0), typ(1.0))
     return rows, (grad.to(student.dtype) if compute_grad else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -63,10 +64,8 @@ def kd_loss_rows(
         elif divergence == RKL:
             d = _plogp_ratio(q, logq, logp)
         else:
-            m = beta * p + (1.0 - beta) * q
-            # m == 0 only where p and q both vanish; those entries contribute 0
-            # and must not send an inf derivative through log.
-            logm = torch.log(torch.where(m > 0, m, torch.ones_like(m)))
+            # log m in log space: beta p + (1-beta) q underflows long before its logs do
+            logm = torch.logaddexp(math.log(beta) + logp, math.log(1.0 - beta) + logq)
             d = beta * _plogp_ratio(p, logp, logm) + (1.0 - beta) * _plogp_ratio(q, logq, logm)
         loss = loss + soft_coef * d
     loss = torch.where(valid, loss, torch.zeros_like(loss))
@@ -112,8 +111,8 @@ def kd_loss_grad(
             if divergence == RKL:
                 f, scale = logq - logp, 1.0
             else:
-                m = beta * p + (1.0 - beta) * q
-                f, scale = logq - torch.log(m), 1.0 - beta
+                logm = torch.logaddexp(math.log(beta) + logp, math.log(1.0 - beta) + logq)
+                f, scale = logq - logm, 1.0 - beta
             qf = torch.where(q > 0, q * f, torch.zeros_like(q))
             gz = scale * torch.where(q > 0, q * (f - qf.sum(-1, keepdim=True)), torch.zeros_like(q))
         grad += (soft_coef / temperature) * gz

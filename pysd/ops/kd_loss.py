@@ -97,12 +97,21 @@ def _(student, teacher, target, weight, grad_scale, teacher_format, divergence, 
 
 
 def _setup_context(ctx, inputs, output):
+    # The gradient-buffer output is never differentiated; without this autograd
+    # would hand backward an (N, C) tensor of zeros for it.
+    ctx.set_materialize_grads(False)
     ctx.reduction = inputs[13]
     ctx.save_for_backward(output[1])
 
 
 def _backward(ctx, grad_loss, _grad_buffer):
     (buf,) = ctx.saved_tensors
+    if grad_loss is None:
+        return (None,) * 15
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        # The saved buffer is a constant: a second derivative through it would be silently 0.
+        raise RuntimeError("pysd.kd_loss does not support double backward (create_graph=True); "
+                           "use pysd._ref.kd_loss.kd_loss_rows for higher-order gradients")
     if ctx.reduction == _REDUCTIONS["none"]:
         g = buf * grad_loss.to(buf.dtype).unsqueeze(-1)
     elif (not torch.compiler.is_compiling() and grad_loss.device.type == "cpu"

@@ -132,9 +132,12 @@ PYSD_HD A div_elem(const Config& c, A q, A lq, A p, A lp, A& d) {
     d = q > A(0) ? q * f : A(0);
     return f;
   }
+  // log M in log space: beta*p + (1-beta)*q underflows to 0 (and log M to
+  // -inf) long before log p and log q do.
   const A beta = A(c.beta);
-  const A m = beta * p + (A(1) - beta) * q;
-  const A lm = flog(m);
+  const A a = flog(beta) + lp, b = flog(A(1) - beta) + lq;
+  const A hi = a > b ? a : b, lo = a > b ? b : a;
+  const A lm = hi + flog(A(1) + fexp(lo - hi));
   const A f = lq - lm;
   d = (p > A(0) ? beta * p * (lp - lm) : A(0)) + (q > A(0) ? (A(1) - beta) * q * f : A(0));
   return f;

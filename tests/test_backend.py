@@ -1,0 +1,109 @@
+"""Backend dispatch, forced backends, pysd.info() and the build itself."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import pysd
+from pysd import _backend
+
+
+def test_cpp_extension_is_built():
+    # A broken C++ build must fail CI, not silently fall back to numba.
+    st = _backend.status("cpp")
+    assert st.usable, st.reason
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH: the CUDA module is not expected")
+def test_cuda_module_is_built_when_nvcc_exists():
+    assert _backend.extension("_C_cuda") is not None, _backend.status("cuda").reason
+    info = pysd.info()["cuda_build"]
+    assert "80-real" in info["cuda_archs"] and "90" in info["cuda_archs"]
+
+
+def test_cuda_call_without_gpu_fails_cleanly():
+    mod = _backend.extension("_C_cuda")
+    if mod is None or mod.device_count() > 0:
+        pytest.skip("needs the CUDA module on a machine without a GPU")
+    x = torch.zeros(2, 3)
+    rows = torch.zeros(2)
+    one = torch.ones((), dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        mod.kd_loss("float32", 2, 3, x.data_ptr(), 3, x.data_ptr(), 3, 0, 0, one.data_ptr(), 0, 3, rows.data_ptr(),
+                    0, 0, 0.5, 1.0, 1.0, 0.0, 0.0, -100, 0)
+
+
+def test_default_order_on_cpu(monkeypatch):
+    monkeypatch.delenv("PYSD_BACKEND", raising=False)
+    assert _backend.select("kd_loss", "cpu")[0] == "cpp"
+    assert _backend.usable("kd_loss", "cpu") == ("cpp", "numba", "torch")
+
+
+@pytest.mark.parametrize("name", ["cpp", "numba", "torch"])
+def test_forced_backend_is_used(monkeypatch, name):
+    monkeypatch.setenv("PYSD_BACKEND", name)
+    assert _backend.select("kd_loss", "cpu")[0] == name
+
+
+def test_forced_backend_that_cannot_serve(monkeypatch):
+    monkeypatch.setenv("PYSD_BACKEND", "cuda")
+    with pytest.raises(pysd.BackendError, match="PYSD_BACKEND=cuda cannot run pysd.kd_loss"):
+        pysd.kd_loss(torch.randn(2, 3), torch.randn(2, 3))
+    monkeypatch.setenv("PYSD_BACKEND", "fortran")
+    with pytest.raises(pysd.BackendError, match="not a backend"):
+        pysd.kd_loss(torch.randn(2, 3), torch.randn(2, 3))
+
+
+def test_unknown_op_and_backend():
+    with pytest.raises(pysd.BackendError, match="no backend"):
+        _backend.select("no_such_op", "cpu")
+    with pytest.raises(ValueError, match="unknown backend"):
+        _backend.status("opencl")
+
+
+def test_info_lists_every_backend_with_reason():
+    info = pysd.info()
+    assert list(info["backends"]) == ["cuda", "cpp", "numba", "torch"]
+    for st in info["backends"].values():
+        assert isinstance(st["usable"], bool) and st["reason"]
+    assert info["versions"]["torch"] == torch.__version__
+    assert info["versions"]["pysd"] == pysd.__version__
+    assert "avx512f" in info["build"]["isa_paths"] and info["build"]["compiler"]
+    assert "numba" in info["ops"]["kd_loss"]
+
+
+def _run(args, env=None):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_python_m_pysd_info():
+    out = _run(["-m", "pysd", "info"])
+    assert out.returncode == 0, out.stderr
+    assert "cpp    yes" in out.stdout and "numba" in out.stdout and "isa_paths" in out.stdout
+    js = _run(["-m", "pysd", "info", "--json"])
+    assert json.loads(js.stdout)["backends"]["torch"]["usable"] is True
+
+
+def test_missing_extension_falls_back_to_numba_with_one_warning():
+    code = (
+        "import sys, warnings; sys.modules['pysd._C'] = None\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import pysd, torch\n"
+        "    from pysd import _backend\n"
+        "    name = _backend.select('kd_loss', 'cpu')[0]\n"
+        "    pysd.kd_loss(torch.randn(2, 3), torch.randn(2, 3))\n"
+        "msgs = [str(x.message) for x in w if 'pysd._C' in str(x.message)]\n"
+        "print(name, len(msgs)); print(msgs[0])\n"
+    )
+    out = _run(["-c", code], env={"PYSD_BACKEND": ""})
+    assert out.returncode == 0, out.stderr
+    first, reason = out.stdout.splitlines()[:2]
+    assert first == "numba 1"
+    assert "could not be loaded" in reason and "import of pysd._C halted" in reason
