@@ -283,12 +283,17 @@ def test_test_points(mode):
 def test_features_input_equals_gram_input():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 7))
+    xt = rng.normal(size=(6, 7))
     labels = rng.integers(0, 3, 40)
-    a = th.sd_outputs(x, labels, 3, 0.01, 3)
-    b = th.sd_outputs(x @ x.T, labels, 3, 0.01, 3)
+    a = th.sd_outputs(x, labels, 3, 0.01, 3, test_gram=x @ xt.T)              # p < N: weight space
+    b = th.sd_outputs(x @ x.T, labels, 3, 0.01, 3, test_gram=x @ xt.T)        # kernel form
     c = th.sd_outputs(torch.from_numpy(x), torch.from_numpy(labels), 3, 0.01, 3, kind="features")
     np.testing.assert_allclose(a.outputs, b.outputs, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a.test_outputs, b.test_outputs, rtol=0, atol=1e-12)
     np.testing.assert_allclose(a.outputs, c.outputs, rtol=0, atol=1e-12)
+    sym = x[:7] @ x[:7].T                                                     # square symmetric features
+    d = th.sd_outputs(sym, labels[:7], 3, 0.01, 1, kind="features")
+    np.testing.assert_allclose(d.outputs, th.sd_outputs(sym @ sym, labels[:7], 3, 0.01, 1).outputs, atol=1e-12)
 
 
 def test_soft_labels_and_exact_on_random_features():

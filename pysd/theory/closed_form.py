@@ -132,12 +132,16 @@ def linear_rounds(apply_h: Callable[[np.ndarray], Tuple[np.ndarray, Optional[np.
     return q, tg, te
 
 
+def _psd_error(where, rho):
+    return ValueError(f"{where}: the Gram matrix is not positive semi-definite "
+                      f"(G + rho I is not positive definite for rho = {rho:.3g})")
+
+
 def _gram_operator(gram: np.ndarray, rho: float, where: str):
     try:
         factor = scipy.linalg.cho_factor(gram + rho * np.eye(gram.shape[0]), lower=True, check_finite=False)
     except np.linalg.LinAlgError as exc:
-        raise ValueError(f"{where}: the Gram matrix is not positive semi-definite "
-                         f"(G + rho I is not positive definite for rho = {rho:.3g})") from exc
+        raise _psd_error(where, rho) from exc
 
     def apply_h(tc):
         # H Tc = G (G + rho I)^-1 Tc: one Cholesky solve and one product, no cancellation
@@ -148,7 +152,20 @@ def _gram_operator(gram: np.ndarray, rho: float, where: str):
     return apply_h
 
 
-def _gram_input(gram_or_features, n: int, kind: str, where: str) -> np.ndarray:
+def _feature_operator(x: np.ndarray, rho: float):
+    """``H = X (X^T X + rho I)^-1 X^T`` for ``(N, p)`` features with ``p < N``: a ``p x p`` factorisation."""
+    factor = scipy.linalg.cho_factor(x.T @ x + rho * np.eye(x.shape[1]), lower=True, check_finite=False)
+
+    def apply_h(tc):
+        q = x @ scipy.linalg.cho_solve(factor, x.T @ tc, check_finite=False)
+        # (G + rho I)^-1 Tc = (Tc - H Tc) / rho, the coefficients test points need.
+        return q, (tc - q) / rho
+
+    return apply_h
+
+
+def _gram_input(gram_or_features, n: int, kind: str, where: str) -> Tuple[str, np.ndarray]:
+    """``("gram", G)`` or ``("features", X)`` after validation."""
     x = as_float64(gram_or_features, "gram_or_features", where, ndim=2)
     if kind not in ("auto", "gram", "features"):
         raise ValueError(f"{where}: kind must be 'auto', 'gram' or 'features', got {kind!r}")
@@ -160,8 +177,8 @@ def _gram_input(gram_or_features, n: int, kind: str, where: str) -> np.ndarray:
         if not square_sym:
             raise ValueError(f"{where}: kind='gram' needs a symmetric (N, N) matrix, got shape {x.shape}"
                              + ("" if x.shape != (n, n) else " that is not symmetric"))
-        return 0.5 * (x + x.T)
-    return x @ x.T
+        return "gram", 0.5 * (x + x.T)
+    return "features", x
 
 
 def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: int, *,
@@ -172,8 +189,10 @@ def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: i
 
     Args:
         gram_or_features: the ``(N, N)`` Gram matrix ``G = X X^T`` (symmetric PSD), or
-            ``(N, p)`` features ``X`` (then ``G`` is formed: an ``(N, N)`` float64 matrix,
-            which the solution needs by definition).  ``kind="auto"`` treats a symmetric
+            ``(N, p)`` features ``X``.  With features and ``p < N`` the linearised mode
+            works in weight space (``X (X^T X + rho I)^-1 X^T``, a ``p x p`` system, no
+            ``N x N`` matrix); otherwise ``G`` is formed, an ``(N, N)`` float64 matrix that
+            the kernel-form solution needs by definition.  ``kind="auto"`` treats a symmetric
             ``(N, N)`` input as a Gram matrix; pass ``kind="features"`` for square
             symmetric features.  numpy or torch (any device; copied to CPU float64).
         labels: ``(N,)`` integer given (noisy) labels in ``[0, K)``, or ``(N, K)`` soft labels.
@@ -197,7 +216,8 @@ def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: i
         :class:`SDResult`.
 
     Cost: linearised, one Cholesky of ``G + rho I`` (``N^3/3``) and ``O(N^2 K)`` per round
-    (a triangular solve pair and a product with ``G``); exact, per Newton step an
+    (a triangular solve pair and a product with ``G``), or with ``p < N`` features
+    ``O(N p^2)`` once and ``O(N p K)`` per round; exact, per Newton step an
     ``(N K) x (N K)`` dense solve (``O((N K)^3)`` time, ``8 (N K)^2`` bytes), so exact
     mode is meant for validation sizes (``N K`` up to a few thousand).
 
@@ -211,7 +231,7 @@ def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: i
     n, k = y.shape
     if n == 0:
         raise ValueError(f"{_WHERE}: labels are empty (N = 0)")
-    gram = _gram_input(gram_or_features, n, kind, _WHERE)
+    source, mat = _gram_input(gram_or_features, n, kind, _WHERE)
     tg_test = None
     if test_gram is not None:
         tg_test = as_float64(test_gram, "test_gram", _WHERE, ndim=2)
@@ -222,7 +242,11 @@ def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: i
     max_iter = check_int("max_iter", max_iter, _WHERE, lo=1)
     lam_e = lam * temperature ** 2
     rho = k * n * lam_e
-    apply_h = _gram_operator(gram, rho, _WHERE)
+    if mode == "linearized" and source == "features" and mat.shape[1] < n:
+        apply_h = _feature_operator(mat, rho)
+    else:
+        gram = mat if source == "gram" else mat @ mat.T
+        apply_h = _gram_operator(gram, rho, _WHERE)
 
     if mode == "linearized":
         q, tg, te = linear_rounds(apply_h, y, rounds, variant, xi, tg_test)

@@ -54,25 +54,31 @@ def _objective(gram_a: np.ndarray, a: np.ndarray, t: np.ndarray, lam_e: float) -
 
 
 def _newton_step(gram: np.ndarray, p: np.ndarray, r: np.ndarray, lam_e: float) -> np.ndarray:
-    """Solve ``J dA = -R`` through a symmetric positive definite system.
+    """Solve ``J dA = -R`` through a symmetric positive definite system of size ``N (K-1)``.
 
-    With ``D_i = B_i B_i^T``, ``B_i = diag(sqrt p_i) - p_i sqrt(p_i)^T`` and ``Gt = G / N`` acting
-    on instances, Woodbury gives ``J^-1 = (I - B (lam_e I + B^T Gt B)^-1 B^T Gt) / lam_e``.  The
-    inner ``(N K) x (N K)`` matrix is SPD, so a Cholesky factorisation (half an LU's flops)
-    solves it; its entries are ``G_ij / N * (B_i^T B_j)[k, l]``.
+    Each softmax Jacobian ``D_i = diag(p_i) - p_i p_i^T`` has rank ``K - 1`` and factors as
+    ``D_i = C_i C_i^T`` with ``C_i`` of shape ``(K, K-1)``: ``C_i = B_i Hh_i[:, :K-1]`` where
+    ``B_i = diag(sqrt p_i) - p_i sqrt(p_i)^T`` (``B_i B_i^T = D_i``, ``B_i sqrt(p_i) = 0``) and
+    ``Hh_i`` is the Householder reflection sending ``sqrt(p_i)`` to ``-e_K``, whose first
+    ``K - 1`` columns span the complement of ``sqrt(p_i)``.  With ``Gt = G / N`` on instances,
+    Woodbury gives ``J^-1 = (I - C (lam_e I + C^T Gt C)^-1 C^T Gt) / lam_e``; the inner
+    matrix is SPD, so a Cholesky factorisation solves it, and working with ``K - 1``
+    columns cuts its cost by ``((K-1)/K)^3`` against the full ``N K`` system.
     """
     n, k = p.shape
     sq = np.sqrt(p)
     b = np.einsum("ik,kl->ikl", sq, np.eye(k)) - p[:, :, None] * sq[:, None, :]   # (N, K, K)
-    bt = b.transpose(0, 2, 1).reshape(n * k, k)    # rows (i, k), columns a: B_i[a, k]
-    inner = bt @ bt.T
-    inner.reshape(n, k, n, k)[...] *= (gram / n)[:, None, :, None]
+    # B_i Hh_i = B_i - (B_i e_K) v_i^T / (1 + sqrt p_iK), v_i = sqrt(p_i) + e_K.
+    c = b[:, :, :-1] - b[:, :, -1:] * (sq[:, None, :-1] / (1.0 + sq[:, -1])[:, None, None])   # (N, K, K-1)
+    m = k - 1
+    ct = c.transpose(0, 2, 1).reshape(n * m, k)     # rows (i, j), columns k: C_i[k, j]
+    inner = ct @ ct.T
+    inner.reshape(n, m, n, m)[...] *= (gram / n)[:, None, :, None]
     inner[np.diag_indices_from(inner)] += lam_e
-    gr = gram @ r / n
-    btgr = np.einsum("iak,ia->ik", b, gr).reshape(-1)
+    rhs = np.einsum("ikj,ik->ij", c, gram @ r / n).reshape(-1)
     z = scipy.linalg.cho_solve(scipy.linalg.cho_factor(inner, lower=True, overwrite_a=True, check_finite=False),
-                               btgr, check_finite=False).reshape(n, k)
-    return (np.einsum("ika,ia->ik", b, z) - r) / lam_e
+                               rhs, check_finite=False).reshape(n, m)
+    return (np.einsum("ikj,ij->ik", c, z) - r) / lam_e
 
 
 def solve_round(gram: np.ndarray, targets: np.ndarray, lam_e: float, start: np.ndarray, *,
