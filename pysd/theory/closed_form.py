@@ -192,9 +192,8 @@ def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: i
             ``(N, p)`` features ``X``.  With features and ``p < N`` the linearised mode
             works in weight space (``X (X^T X + rho I)^-1 X^T``, a ``p x p`` system, no
             ``N x N`` matrix); otherwise ``G`` is formed, an ``(N, N)`` float64 matrix that
-            the kernel-form solution needs by definition.  ``kind="auto"`` treats a symmetric
-            ``(N, N)`` input as a Gram matrix; pass ``kind="features"`` for square
-            symmetric features.  numpy or torch (any device; copied to CPU float64).
+            the kernel-form solution needs by definition.  numpy or torch (any device;
+            copied to CPU float64).
         labels: ``(N,)`` integer given (noisy) labels in ``[0, K)``, or ``(N, K)`` soft labels.
         num_classes: ``K >= 2``.
         lam: weight decay ``> 0``.
@@ -209,6 +208,8 @@ def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: i
             ``lam -> lam tau^2``.
         test_gram: optional ``(N, M)`` cross Gram ``X_train X_test^T``: adds ``test_outputs``.
         true_labels: optional ``(N,)`` true classes: adds the accuracies.
+        kind: ``"auto"`` (a symmetric ``(N, N)`` input is a Gram matrix, anything else
+            features), ``"gram"`` or ``"features"`` (e.g. for square symmetric features).
         tol: exact mode: required fixed-point residual per round.
         max_iter: exact mode: Newton steps per round.
 
@@ -217,9 +218,10 @@ def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: i
 
     Cost: linearised, one Cholesky of ``G + rho I`` (``N^3/3``) and ``O(N^2 K)`` per round
     (a triangular solve pair and a product with ``G``), or with ``p < N`` features
-    ``O(N p^2)`` once and ``O(N p K)`` per round; exact, per Newton step an
-    ``(N K) x (N K)`` dense solve (``O((N K)^3)`` time, ``8 (N K)^2`` bytes), so exact
-    mode is meant for validation sizes (``N K`` up to a few thousand).
+    ``O(N p^2)`` once and ``O(N p K)`` per round; exact, per Newton step a dense SPD
+    Cholesky of size ``N (K-1)`` (``O((N K)^3)`` time, ``8 (N (K-1))^2`` bytes; typically 3-5
+    steps per round), so exact mode is meant for validation sizes (``N K`` up to a few
+    thousand).  The dense factorisations run on numpy's BLAS threads.
 
     Raises:
         ValueError / TypeError naming the argument for bad input; ValueError when G is
