@@ -106,5 +106,7 @@ def test_bad_arguments():
         linear_probe_sd(x[0], y, rounds=1, lam=0.1)
     with pytest.raises(ValueError, match="rounds"):
         linear_probe_sd(x, y, rounds=-1, lam=0.1)
+    with pytest.raises(ValueError, match="num_classes"):
+        linear_probe_sd(x, y, rounds=1, lam=0.1, num_classes=1)
     with pytest.raises(ValueError, match="true_labels"):
         linear_probe_sd(x, y, rounds=0, lam=0.1, true_labels=y[:3])

@@ -1,5 +1,6 @@
 """pysd.partial_labels: every backend against the torch reference, the tie rule, and bad input."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,11 @@ def test_documented_tie_example(backend):
     assert pysd.partial_labels(p, 2).tolist() == [[0.5, 0.5, 0.0]]
     flat = torch.full((1, 4), 0.25, dtype=torch.float64)
     assert pysd.partial_labels(flat, 3).tolist() == [[1 / 3, 1 / 3, 1 / 3, 0.0]]
+
+
+def test_numpy_integer_k():
+    p = _probs(3, 5)
+    torch.testing.assert_close(pysd.partial_labels(p, np.int64(3)), _expected(p, 3, False), rtol=0, atol=0)
 
 
 def test_zero_row_and_strided_input(backend):

@@ -9,6 +9,7 @@ import pytest
 import threadpoolctl
 import torch
 
+import pysd
 from pysd import theory as th
 
 @pytest.fixture(autouse=True, scope="module")
@@ -194,6 +195,14 @@ def test_margins_and_rounds_reject_bad_confusion():
         th.min_rounds(np.array([[0.4, 0.5], [0.5, 0.5]]), 10, C, D, 1e-3)
     assert th.min_rounds(np.array([[0.4, 0.6], [0.0, 1.0]]), 10, C, D, 1e-3).rounds is None
     assert th.min_rounds(np.eye(3), 10, C, D, 1e-3).rounds == 0
+
+
+def test_pll_targets_use_the_partial_labels_tie_rule():
+    from pysd.theory._inputs import top_k_targets
+
+    rng = np.random.default_rng(3)
+    probs = torch.softmax(torch.from_numpy(rng.integers(0, 3, (50, 6)).astype(float)), -1)
+    np.testing.assert_array_equal(top_k_targets(probs.numpy(), 2), pysd.partial_labels(probs, 2).numpy())
 
 
 def test_pll_margin_two_classes_ties():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -82,8 +84,9 @@ def partial_labels(teacher_probs: Tensor, k: int = 2, *, renormalize: bool = Fal
     if teacher_probs.dim() < 1:
         raise ValueError("partial_labels: teacher_probs must have shape (..., C), got a 0-d tensor")
     c = teacher_probs.shape[-1]
-    if isinstance(k, bool) or not isinstance(k, int):
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise TypeError(f"partial_labels: k must be an int, got {type(k).__name__}")
+    k = int(k)
     if k < 1 or k > c:
         raise ValueError(f"partial_labels: k must satisfy 1 <= k <= C={c}, got k={k}")
     if not isinstance(renormalize, bool):

@@ -171,8 +171,10 @@ def linear_probe_sd(features, noisy_labels, *, rounds: int, lam: float, variant:
         raise ValueError(f"{_WHERE}: noisy_labels must have shape ({n},), got {tuple(y.shape)}")
     if n == 0:
         raise ValueError(f"{_WHERE}: no training instances (N = 0)")
-    k = int(y.max()) + 1 if num_classes is None else num_classes
-    k = max(k, 2)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 2):
+        raise ValueError(f"{_WHERE}: num_classes must be an int >= 2, got {num_classes!r}")
+    k = max(int(y.max()) + 1, 2) if num_classes is None else num_classes
     if int(y.min()) < 0 or int(y.max()) >= k:
         raise ValueError(f"{_WHERE}: noisy_labels must lie in [0, {k})")
     true = None
