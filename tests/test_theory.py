@@ -248,6 +248,8 @@ def test_temperature_is_lam_times_tau_squared(mode):
     b = th.sd_outputs(g, given, 3, 0.04, 2, mode=mode)
     np.testing.assert_allclose(a.outputs, b.outputs, rtol=0, atol=1e-12)
     assert a.rho == pytest.approx(b.rho)
+    if mode == "exact":
+        assert th.fixed_point_residual(g, a.targets[2], a.outputs[2], 0.01, temperature=2.0) <= 1e-10
 
 
 @pytest.mark.parametrize("mode", ["linearized", "exact"])
@@ -353,6 +355,10 @@ def test_bad_arguments():
         th.sd_outputs(g, given, 3, 0.01, 2, mode="exact", variant="mix", xi=2.0)
     with pytest.raises(ValueError, match="not PSD"):
         th.block_gram(3, 10, 0.1, 0.9)
+    with pytest.raises(ValueError, match="fixed_point_residual"):
+        th.fixed_point_residual(g, _onehot(given, 3)[:5], _onehot(given, 3), 0.01)
+    with pytest.raises(ValueError, match="temperature"):
+        th.fixed_point_residual(g, _onehot(given, 3), _onehot(given, 3), 0.01, temperature=0.0)
     with pytest.raises(ValueError, match="N = K n"):
         th.block_sd_outputs(given[:-1], 3, 10, C, D, 0.01, 2)
 

@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 import scipy.linalg
 
+from ._inputs import as_float64, check_real
+
 
 def softmax_rows(s: np.ndarray) -> np.ndarray:
     z = s - s.max(axis=1, keepdims=True)
@@ -34,10 +36,33 @@ def _lse_rows(s: np.ndarray) -> np.ndarray:
     return m + np.log(np.exp(s - m[:, None]).sum(axis=1))
 
 
-def fixed_point_residual(gram: np.ndarray, targets: np.ndarray, outputs: np.ndarray, lam_e: float) -> float:
-    """``max |P - softmax(G (T - P) / (N lam_e))|`` for ``(N, N)`` G and ``(N, K)`` T, P."""
+def _residual(gram: np.ndarray, targets: np.ndarray, outputs: np.ndarray, lam_e: float) -> float:
     n = gram.shape[0]
     return float(np.abs(outputs - softmax_rows(gram @ (targets - outputs) / (n * lam_e))).max(initial=0.0))
+
+
+def fixed_point_residual(gram, targets, outputs, lam: float, *, temperature: float = 1.0) -> float:
+    """Certificate of an exact round: ``max |P - softmax(G (T - P) / (N lam tau^2))|``.
+
+    Args:
+        gram: ``(N, N)`` Gram matrix of the training inputs.
+        targets: ``(N, K)`` targets ``T`` the round trained on.
+        outputs: ``(N, K)`` its softmax outputs ``P`` on the training inputs.
+        lam, temperature: weight decay ``> 0`` and softmax temperature ``tau > 0``.
+    numpy or torch inputs, evaluated in float64.  Returns the residual as a float; it is 0
+    exactly at the minimiser of the round's regularised cross-entropy.
+    """
+    where = "fixed_point_residual"
+    g = as_float64(gram, "gram", where, ndim=2)
+    t = as_float64(targets, "targets", where, ndim=2)
+    p = as_float64(outputs, "outputs", where, ndim=2)
+    n = g.shape[0]
+    if g.shape != (n, n) or t.shape[0] != n or p.shape != t.shape:
+        raise ValueError(f"{where}: need gram (N, N) and targets, outputs (N, K); got {g.shape}, {t.shape}, "
+                         f"{p.shape}")
+    lam = check_real("lam", lam, where, lo=0.0, lo_open=True)
+    temperature = check_real("temperature", temperature, where, lo=0.0, lo_open=True)
+    return _residual(g, t, p, lam * temperature ** 2)
 
 
 @dataclass
@@ -111,7 +136,7 @@ def solve_round(gram: np.ndarray, targets: np.ndarray, lam_e: float, start: np.n
     solver, fast = None, False
     for it in range(max_iter + 1):
         p = softmax_rows(s)
-        res = fixed_point_residual(gram, targets, p, lam_e)
+        res = _residual(gram, targets, p, lam_e)
         if best is None or res < best.residual:
             best = ExactRound(p, s, a, res, it)
         if res <= tol or it == max_iter or (it - best.iterations) >= 3:
