@@ -1,7 +1,8 @@
 // CPU launcher of the fused distillation loss: OpenMP over rows, and per row
 // the passes of pysd/kd_loss.h as `omp simd` loops.  The exp pass keeps its
 // exponentials in a per-thread scratch row (L2-resident) so the gradient pass
-// is pure multiply-adds: 2 exp per entry (3 when the hard CE needs T = 1).
+// is pure multiply-adds: 2 exp per entry (3 when the hard CE needs T = 1 and T
+// is not a small integer).
 #include <omp.h>
 
 #include <algorithm>
@@ -19,7 +20,7 @@ using namespace kd;
 template <typename In, typename A>
 struct Scratch { A* ez; A* eu; A* e1; A* f; };
 
-template <int TF, bool SEP, typename In, typename A>
+template <int TF, int CE, typename In, typename A>
 PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, const Scratch<In, A>& b) {
   const int64_t n = c.cols;
   const In* __restrict s = a.student + i * a.student_stride;
@@ -32,6 +33,8 @@ PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, const Scr
   const int64_t y = c.has_target ? a.target[i] : -1;
   const A w = a.weight ? a.weight[i] : A(1);
   const A inv_t = A(1) / A(c.temperature);
+  const int npow = c.ce_power();
+  const A floor = CE == kCePow ? pow_floor<A>(npow) : A(0);
 
   if (c.has_target && y == c.ignore_index) {
     a.loss[i] = A(0);
@@ -63,8 +66,8 @@ PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, const Scr
   for (int64_t j = 0; j < n; ++j) {
     Totals<A> e;
     A ez, eu, e1;
-    exp_elem<TF, SEP>(inv_t, ms, mt, A(to_float(s[j])), TF == kNoTeacher ? A(0) : A(to_float(t[j])),
-                      ez, eu, e1, e);
+    exp_elem<TF, CE>(inv_t, ms, mt, A(to_float(s[j])), TF == kNoTeacher ? A(0) : A(to_float(t[j])), npow,
+                     floor, ez, eu, e1, e);
     bz[j] = ez;
     bu[j] = eu;
     b1[j] = e1;
@@ -116,7 +119,7 @@ PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, const Scr
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         A v = cz * bz[j] + cc;
-        if (SEP) v += c1 * b1[j];
+        if (CE != kCeShared) v += c1 * b1[j];
         if (TF != kNoTeacher) v += cp * bu[j];
         g[j] = from_acc<In>(v);
       }
@@ -132,10 +135,10 @@ PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, const Scr
 template <int TF, typename In, typename A>
 PYSD_INLINE void rows_tf(const Config& c, const Args<In, A>& a, int64_t r0, int64_t r1,
                          const Scratch<In, A>& b) {
-  if (c.separate_ce()) {
-    for (int64_t i = r0; i < r1; ++i) row<TF, true>(c, a, i, b);
-  } else {
-    for (int64_t i = r0; i < r1; ++i) row<TF, false>(c, a, i, b);
+  switch (c.ce_mode()) {
+    case kCeExp: for (int64_t i = r0; i < r1; ++i) row<TF, kCeExp>(c, a, i, b); break;
+    case kCePow: for (int64_t i = r0; i < r1; ++i) row<TF, kCePow>(c, a, i, b); break;
+    default: for (int64_t i = r0; i < r1; ++i) row<TF, kCeShared>(c, a, i, b); break;
   }
 }
 

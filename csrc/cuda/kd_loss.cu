@@ -45,7 +45,7 @@ __device__ A block_sum(A v, typename Reduce<A>::TempStorage& tmp, A& shared) {
   return block_all(v, SumOp<A>(), tmp, shared);
 }
 
-template <int TF, bool SEP, typename In, typename A>
+template <int TF, int CE, typename In, typename A>
 __global__ void __launch_bounds__(kThreads) kd_loss_kernel(Config c, Args<In, A> a) {
   __shared__ typename Reduce<A>::TempStorage tmp;
   __shared__ A shared;
@@ -57,6 +57,8 @@ __global__ void __launch_bounds__(kThreads) kd_loss_kernel(Config c, Args<In, A>
   const int64_t y = c.has_target ? a.target[i] : -1;
   const A w = a.weight ? a.weight[i] : A(1);
   const A inv_t = A(1) / A(c.temperature);
+  const int npow = c.ce_power();
+  const A floor = CE == kCePow ? pow_floor<A>(npow) : A(0);
   auto tval = [&](int64_t j) { return TF == kNoTeacher ? A(0) : A(to_float(t[j])); };
 
   if (c.has_target && y == c.ignore_index) {
@@ -78,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) kd_loss_kernel(Config c, Args<In, A>
   A ssum = 0;
   for (int64_t j = threadIdx.x; j < n; j += kThreads) {
     A ez, eu, e1;
-    exp_elem<TF, SEP>(inv_t, ms, mt, A(to_float(s[j])), tval(j), ez, eu, e1, part);
+    exp_elem<TF, CE>(inv_t, ms, mt, A(to_float(s[j])), tval(j), npow, floor, ez, eu, e1, part);
     ssum += A(to_float(s[j])) - ms;
   }
   acc.sz = block_sum(part.sz, tmp, shared);
@@ -96,7 +98,7 @@ __global__ void __launch_bounds__(kThreads) kd_loss_kernel(Config c, Args<In, A>
   // Per-entry values shared by the divergence and gradient passes.
   auto entry = [&](int64_t j, A& ez, A& eu, A& e1, A& f, A& d) {
     Totals<A> unused;
-    exp_elem<TF, SEP>(inv_t, ms, mt, A(to_float(s[j])), tval(j), ez, eu, e1, unused);
+    exp_elem<TF, CE>(inv_t, ms, mt, A(to_float(s[j])), tval(j), npow, floor, ez, eu, e1, unused);
     f = A(0);
     d = A(0);
     if (div_pass) {
@@ -141,10 +143,10 @@ void check(cudaError_t err, const char* what) {
 template <int TF, typename In, typename A>
 void launch_tf(const Config& c, const Args<In, A>& a, cudaStream_t st) {
   const dim3 grid(static_cast<unsigned>(c.rows));
-  if (c.separate_ce()) {
-    kd_loss_kernel<TF, true><<<grid, kThreads, 0, st>>>(c, a);
-  } else {
-    kd_loss_kernel<TF, false><<<grid, kThreads, 0, st>>>(c, a);
+  switch (c.ce_mode()) {
+    case kCeExp: kd_loss_kernel<TF, kCeExp><<<grid, kThreads, 0, st>>>(c, a); break;
+    case kCePow: kd_loss_kernel<TF, kCePow><<<grid, kThreads, 0, st>>>(c, a); break;
+    default: kd_loss_kernel<TF, kCeShared><<<grid, kThreads, 0, st>>>(c, a); break;
   }
 }
 

@@ -22,6 +22,9 @@ namespace kd {
 
 enum Divergence : int { kFKL = 0, kRKL = 1, kJSD = 2 };
 enum TeacherFormat : int { kNoTeacher = -1, kLogits = 0, kProbs = 1, kLogProbs = 2 };
+// How the hard CE gets softmax(s) at T = 1: shared with the soft term (T = 1),
+// its own exp, or an integer power of the soft term's exponential.
+enum CeMode : int { kCeShared = 0, kCeExp = 1, kCePow = 2 };
 
 // Options shared by every row.
 struct Config {
@@ -45,6 +48,12 @@ struct Config {
   PYSD_HD bool has_hard() const { return has_target && hard_weight != 0.0; }
   // The hard CE needs softmax(s) at T = 1 separately only when T != 1.
   PYSD_HD bool separate_ce() const { return has_hard() && temperature != 1.0; }
+  // For a small integer T, exp(s - m) = exp((s - m) / T)^T: multiplies instead of an exp.
+  PYSD_HD int ce_power() const {
+    const double r = floor(temperature + 0.5);
+    return (separate_ce() && temperature == r && r >= 2.0 && r <= 16.0) ? int(r) : 0;
+  }
+  PYSD_HD int ce_mode() const { return !separate_ce() ? kCeShared : ce_power() ? kCePow : kCeExp; }
 };
 
 // Raw pointers and row strides of one call.  `In` is the storage type of the
@@ -69,12 +78,21 @@ struct Totals {
   A ssum = 0;                 // sum (s - ms), for label smoothing
 };
 
-// One entry of the exp pass, specialized on the teacher format TF and on
-// whether the hard CE needs its own T = 1 softmax (SEP), so that the vector
-// loops compute only the exponentials they use.  Returns exp((s-ms)/T) in
-// `ez`; `eu` receives exp((t-mt)/T) (logits) or t (probs), `e1` exp(s-ms).
-template <int TF, bool SEP, typename A>
-PYSD_HD void exp_elem(A inv_t, A ms, A mt, A s, A t, A& ez, A& eu, A& e1, Totals<A>& acc) {
+// Smallest x in (0, 1] whose n-th power is still a normal number: below it the
+// power is flushed to 0 before multiplying, which avoids denormal slow paths.
+template <typename A>
+PYSD_HD A pow_floor(int n) {
+  const A min_exp = sizeof(A) == 4 ? A(-126) : A(-1022);
+  return fexp(A(0.6931471805599453) * min_exp / A(n));
+}
+
+// One entry of the exp pass, specialized on the teacher format TF and on how
+// the hard CE gets its T = 1 softmax (CE, a CeMode), so that the vector loops
+// compute only the exponentials they use.  Returns exp((s-ms)/T) in `ez`; `eu`
+// receives exp((t-mt)/T) (logits) or t (probs), `e1` exp(s-ms).  `n` and
+// `floor` are the power and its flush threshold for kCePow.
+template <int TF, int CE, typename A>
+PYSD_HD void exp_elem(A inv_t, A ms, A mt, A s, A t, int n, A floor, A& ez, A& eu, A& e1, Totals<A>& acc) {
   const A zs = (s - ms) * inv_t;
   ez = fexp(zs);
   acc.sz += ez;
@@ -91,12 +109,17 @@ PYSD_HD void exp_elem(A inv_t, A ms, A mt, A s, A t, A& ez, A& eu, A& e1, Totals
   } else {
     eu = A(0);
   }
-  if (SEP) {
+  if (CE == kCeExp) {
     e1 = fexp(s - ms);
-    acc.s1 += e1;
+  } else if (CE == kCePow) {
+    // Branch-free binary powering (n <= 16) so the vector loop stays a straight line.
+    const A x1 = ez > floor ? ez : A(0), x2 = x1 * x1, x4 = x2 * x2, x8 = x4 * x4;
+    e1 = (n & 1 ? x1 : A(1)) * (n & 2 ? x2 : A(1)) * (n & 4 ? x4 : A(1)) * (n & 8 ? x8 : A(1)) *
+         (n & 16 ? x8 * x8 : A(1));
   } else {
     e1 = A(0);
   }
+  acc.s1 += e1;
 }
 
 // Row results: the weighted loss and the gradient coefficients such that
