@@ -2,7 +2,8 @@
 
 * :func:`sd_outputs` / :class:`SDResult`: every round of multi-round SD (``"sd"``),
   label mixing (``"mix"``) and the partial-label student (``"pll"``) of a linear probe,
-  linearised closed form or exact softmax CE certified by its fixed-point residual.
+  linearised closed form or exact softmax CE certified by its fixed-point residual
+  (:func:`fixed_point_residual` checks any trained probe the same way).
 * Block-structured Gram matrices: :func:`block_gram`, :func:`shrink_factors`,
   :func:`block_sd_outputs` (the scalar closed form in ``O(K N)``), :func:`label_confusion`,
   :func:`min_rounds` and :func:`compare_margins`.
