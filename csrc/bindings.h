@@ -8,6 +8,7 @@
 #include <string>
 
 #include "pysd/kd_loss.h"
+#include "pysd/partial_labels.h"
 
 namespace pysd {
 namespace bind {
@@ -59,6 +60,35 @@ void def_kd_loss(py::module_& m, Launch launch) {
       py::arg("teacher_format"), py::arg("beta"), py::arg("temperature"),
       py::arg("soft_coef"), py::arg("hard_weight"), py::arg("label_smoothing"),
       py::arg("ignore_index"), py::arg("stream") = 0);
+}
+
+// `launch(config, args, stream)` is called once with the Args<In> matching `dtype`.
+template <typename Launch>
+void def_partial_labels(py::module_& m, Launch launch) {
+  m.def(
+      "partial_labels",
+      [launch](const std::string& dtype, int64_t rows, int64_t cols, uintptr_t probs,
+               int64_t probs_stride, uintptr_t out, int64_t out_stride, int64_t k,
+               bool renormalize, uintptr_t stream) {
+        pll::Config c;
+        c.rows = rows; c.cols = cols; c.k = k; c.renormalize = renormalize;
+        auto run = [&](auto tag) {
+          using In = decltype(tag);
+          pll::Args<In> a;
+          a.probs = ptr<const In>(probs); a.probs_stride = probs_stride;
+          a.out = ptr<In>(out); a.out_stride = out_stride;
+          py::gil_scoped_release nogil;
+          launch(c, a, stream);
+        };
+        if (dtype == "float32") run(float{});
+        else if (dtype == "float64") run(double{});
+        else if (dtype == "bfloat16") run(bf16_t{});
+        else if (dtype == "float16") run(f16_t{});
+        else throw py::type_error("partial_labels: unsupported dtype '" + dtype + "'");
+      },
+      py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("probs"),
+      py::arg("probs_stride"), py::arg("out"), py::arg("out_stride"), py::arg("k"),
+      py::arg("renormalize"), py::arg("stream") = 0);
 }
 
 }  // namespace bind

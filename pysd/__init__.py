@@ -3,6 +3,9 @@
 Public API (see README.md and DESIGN.md):
 
 * :func:`kd_loss` / :class:`pysd.nn.DistillationLoss`: the fused distillation loss.
+* :func:`partial_labels`: partial-label (top-k) targets from a teacher's probabilities.
+* :mod:`pysd.theory`: the closed-form self-distillation solver (validation oracle).
+* :mod:`pysd.recipes`: training recipes (multi-round SD / PLL linear probes).
 * :func:`info`: backends, build configuration and versions.
 """
 
@@ -14,7 +17,10 @@ from ._backend import BackendError
 _backend.warn_if_cpp_missing()
 
 from .ops.kd_loss import kd_loss  # noqa: E402
+from .ops.partial_labels import partial_labels  # noqa: E402
 from . import nn  # noqa: E402
+from . import theory  # noqa: E402
+from . import recipes  # noqa: E402
 
 
 def info() -> dict:
@@ -22,4 +28,4 @@ def info() -> dict:
     return _backend.info()
 
 
-__all__ = ["kd_loss", "nn", "info", "BackendError", "__version__"]
+__all__ = ["kd_loss", "partial_labels", "nn", "theory", "recipes", "info", "BackendError", "__version__"]

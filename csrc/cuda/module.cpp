@@ -11,6 +11,9 @@ PYBIND11_MODULE(_C_cuda, m) {
   pysd::bind::def_kd_loss(m, [](const auto& c, const auto& a, uintptr_t stream) {
     pysd::cuda::kd_loss(c, a, stream);
   });
+  pysd::bind::def_partial_labels(m, [](const auto& c, const auto& a, uintptr_t stream) {
+    pysd::cuda::partial_labels(c, a, stream);
+  });
   m.def("device_count", &pysd::cuda::device_count);
   m.def("build_info", [] {
     py::dict d;

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "pysd/kd_loss.h"
+#include "pysd/partial_labels.h"
 
 namespace pysd {
 namespace cuda {
@@ -15,6 +16,10 @@ void kd_loss(const kd::Config& c, const kd::Args<float, float>& a, uintptr_t str
 void kd_loss(const kd::Config& c, const kd::Args<double, double>& a, uintptr_t stream);
 void kd_loss(const kd::Config& c, const kd::Args<bf16_t, float>& a, uintptr_t stream);
 void kd_loss(const kd::Config& c, const kd::Args<f16_t, float>& a, uintptr_t stream);
+void partial_labels(const pll::Config& c, const pll::Args<float>& a, uintptr_t stream);
+void partial_labels(const pll::Config& c, const pll::Args<double>& a, uintptr_t stream);
+void partial_labels(const pll::Config& c, const pll::Args<bf16_t>& a, uintptr_t stream);
+void partial_labels(const pll::Config& c, const pll::Args<f16_t>& a, uintptr_t stream);
 
 int device_count();            // 0 when no driver / no device
 std::string runtime_version();
