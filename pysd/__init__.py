@@ -3,6 +3,7 @@
 Public API (see README.md and DESIGN.md):
 
 * :func:`kd_loss` / :class:`pysd.nn.DistillationLoss`: the fused distillation loss.
+* :func:`knn_graph` → :class:`Graph`: exact kNN graph with the LP-DeepSSL affinity recipe.
 * :func:`info`: backends, build configuration and versions.
 """
 
@@ -14,6 +15,8 @@ from ._backend import BackendError
 _backend.warn_if_cpp_missing()
 
 from .ops.kd_loss import kd_loss  # noqa: E402
+from .ops.knn_graph import knn_graph  # noqa: E402
+from .graph import Graph  # noqa: E402
 from . import nn  # noqa: E402
 
 
@@ -22,4 +25,4 @@ def info() -> dict:
     return _backend.info()
 
 
-__all__ = ["kd_loss", "nn", "info", "BackendError", "__version__"]
+__all__ = ["kd_loss", "knn_graph", "Graph", "nn", "info", "BackendError", "__version__"]

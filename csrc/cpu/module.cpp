@@ -11,6 +11,7 @@ namespace py = pybind11;
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pysd CPU kernels (raw-pointer interface; use the pysd package API)";
   pysd::bind::def_kd_loss(m, [](const auto& c, const auto& a, uintptr_t) { pysd::cpu::kd_loss(c, a); });
+  pysd::bind::def_knn_merge(m, [](const auto& t, const auto& l, uintptr_t) { pysd::cpu::knn_merge(t, l); });
   m.def("build_info", [] {
     py::dict d;
     d["version"] = PYSD_VERSION;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "pysd/kd_loss.h"
+#include "pysd/knn_graph.h"
 
 namespace pysd {
 namespace cpu {
@@ -11,6 +12,10 @@ void kd_loss(const kd::Config& c, const kd::Args<float, float>& a);
 void kd_loss(const kd::Config& c, const kd::Args<double, double>& a);
 void kd_loss(const kd::Config& c, const kd::Args<bf16_t, float>& a);
 void kd_loss(const kd::Config& c, const kd::Args<f16_t, float>& a);
+
+// Merges one tile of X X^T into the running top-k lists (OpenMP inside).
+void knn_merge(const knn::Tile<float>& t, const knn::Lists<float>& l);
+void knn_merge(const knn::Tile<double>& t, const knn::Lists<double>& l);
 
 }  // namespace cpu
 }  // namespace pysd

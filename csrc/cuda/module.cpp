@@ -11,6 +11,9 @@ PYBIND11_MODULE(_C_cuda, m) {
   pysd::bind::def_kd_loss(m, [](const auto& c, const auto& a, uintptr_t stream) {
     pysd::cuda::kd_loss(c, a, stream);
   });
+  pysd::bind::def_knn_merge(m, [](const auto& t, const auto& l, uintptr_t stream) {
+    pysd::cuda::knn_merge(t, l, stream);
+  });
   m.def("device_count", &pysd::cuda::device_count);
   m.def("build_info", [] {
     py::dict d;

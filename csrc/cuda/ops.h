@@ -5,6 +5,7 @@
 #include <string>
 
 #include "pysd/kd_loss.h"
+#include "pysd/knn_graph.h"
 
 namespace pysd {
 namespace cuda {
@@ -15,6 +16,10 @@ void kd_loss(const kd::Config& c, const kd::Args<float, float>& a, uintptr_t str
 void kd_loss(const kd::Config& c, const kd::Args<double, double>& a, uintptr_t stream);
 void kd_loss(const kd::Config& c, const kd::Args<bf16_t, float>& a, uintptr_t stream);
 void kd_loss(const kd::Config& c, const kd::Args<f16_t, float>& a, uintptr_t stream);
+
+// Row pass only: t.col_from must equal t.j1 (the GPU runs full tiles, see knn_graph.cu).
+void knn_merge(const knn::Tile<float>& t, const knn::Lists<float>& l, uintptr_t stream);
+void knn_merge(const knn::Tile<double>& t, const knn::Lists<double>& l, uintptr_t stream);
 
 int device_count();            // 0 when no driver / no device
 std::string runtime_version();
