@@ -20,9 +20,10 @@ _NORMALIZE = ("sym", "rw", None)
 _METHODS = ("exact", "faiss")
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 _NO_INDEX = 2**31 - 1  # empty-slot sentinel of csrc/include/pysd/knn_graph.h
-# (rows, columns) of one tile of X X^T: 16 MB of float32 on the CPU (one L2-sized slice per
-# column task, the whole tile in L3); on a GPU the tile is large enough to fill the device.
-_CPU_TILE = (1024, 4096)
+# (rows, columns) of one tile of X X^T: 32 MB of float32 on the CPU, large enough that the GEMM
+# runs near peak and the per-tile synchronisation is rare, while a column task of the merge
+# (1024 x 512) stays L2-sized; on a GPU the tile is large enough to fill the device.
+_CPU_TILE = (1024, 8192)
 _GPU_TILE = (4096, 16384)
 
 
@@ -255,7 +256,7 @@ def knn_graph(
         nprobe: IVF lists probed by ``method="faiss"`` (default ``max(16, nlist / 8)``, with
             ``nlist = min(4 sqrt(N), N / 39)`` lists).
         tile: ``(rows, cols)`` of one similarity tile (an int for both); default
-            ``(1024, 4096)`` on the CPU and ``(4096, 16384)`` on a GPU.
+            ``(1024, 8192)`` on the CPU and ``(4096, 16384)`` on a GPU.
 
     Returns:
         :class:`pysd.Graph` on the input's device: CSR ``indptr (N+1,)`` int64, ``indices
@@ -263,7 +264,7 @@ def knn_graph(
         ``knn_indices (N, k)`` int32 and ``knn_similarities (N, k)`` (best first).
 
     Memory: with cosine a normalised copy of the features ``(N, d)``; with l2 the squared
-    norms ``(N,)``; the lists ``(N, k)`` int32 + float; one tile ``(rows, cols)`` float (16 MB
+    norms ``(N,)``; the lists ``(N, k)`` int32 + float; one tile ``(rows, cols)`` float (32 MB
     at the CPU default in float32); the CSR build holds a few ``(2 N k,)`` int64 / float
     arrays.  Never ``(N, N)``.  The torch backend (used on GPUs without ``pysd._C_cuda``)
     holds ``(rows, N)`` similarities per block instead of one tile.
