@@ -35,12 +35,14 @@ def select_topk(sims: Tensor, k: int) -> Tuple[Tensor, Tensor]:
 def knn_topk_backend(x: Tensor, sqnorm: Optional[Tensor], k: int, exclude_self: bool, tile_rows: int,
                      tile_cols: int) -> Tuple[Tensor, Tensor]:
     """``x: (N, d)`` → ``(indices int32 (N, k), similarities (N, k))``; ``sqnorm: (N,)`` selects
-    the l2 similarity ``-|x_i - x_j|^2``.  ``tile_cols`` is unused: a block spans all columns."""
+    the l2 similarity ``-|x_i - x_j|^2``.  A block spans all N columns and holds as many
+    similarities as one ``(tile_rows, tile_cols)`` tile (plus a few masks of that size)."""
     n = x.shape[0]
+    block = max(1, tile_rows * tile_cols // n)
     out_idx = torch.empty((n, k), dtype=torch.int32, device=x.device)
     out_sim = torch.empty((n, k), dtype=x.dtype, device=x.device)
-    for i0 in range(0, n, tile_rows):
-        i1 = min(n, i0 + tile_rows)
+    for i0 in range(0, n, block):
+        i1 = min(n, i0 + block)
         s = x[i0:i1] @ x.t()
         if sqnorm is not None:
             s = 2.0 * s - (sqnorm[i0:i1, None] + sqnorm[None, :])

@@ -251,8 +251,9 @@ def knn_graph(
         metric, power, symmetrize, normalize: as above.  ``power >= 0``.
         exclude_self: leave row ``i`` out of its own list (by index: a duplicate point at
             another index is a legitimate neighbour).
-        method: ``"exact"`` or ``"faiss"`` (approximate IVF search through faiss, CPU, when
-            installed; ties are not deterministic and neighbour sets may differ from exact).
+        method: ``"exact"`` or ``"faiss"`` (approximate ``IndexIVFFlat`` search through faiss
+            when installed: on the CPU in float32, results moved back to the input's device;
+            ties are not deterministic and neighbour sets may differ from exact).
         nprobe: IVF lists probed by ``method="faiss"`` (default ``max(16, nlist / 8)``, with
             ``nlist = min(4 sqrt(N), N / 39)`` lists).
         tile: ``(rows, cols)`` of one similarity tile (an int for both); default
@@ -267,7 +268,7 @@ def knn_graph(
     norms ``(N,)``; the lists ``(N, k)`` int32 + float; one tile ``(rows, cols)`` float (32 MB
     at the CPU default in float32); the CSR build holds a few ``(2 N k,)`` int64 / float
     arrays.  Never ``(N, N)``.  The torch backend (used on GPUs without ``pysd._C_cuda``)
-    holds ``(rows, N)`` similarities per block instead of one tile.
+    holds row blocks of all N columns with the tile's element count, plus masks of that size.
 
     Not differentiable: the result is a constant graph (the features are detached).
     Validation synchronises with the device once (the finiteness / zero-norm checks).
@@ -280,6 +281,8 @@ def knn_graph(
     n, d = x.shape
     if n < 1 or d < 1:
         raise ValueError(f"knn_graph: features must have at least one row and one column, got shape ({n}, {d})")
+    if n >= _NO_INDEX:
+        raise ValueError(f"knn_graph: at most {_NO_INDEX - 1} rows fit int32 neighbour indices, got N = {n}")
     metric = _choice("metric", metric, _METRICS)
     symmetrize = _choice("symmetrize", symmetrize, _SYMMETRIZE)
     normalize = _choice("normalize", normalize, _NORMALIZE)
