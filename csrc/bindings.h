@@ -9,6 +9,7 @@
 
 #include "pysd/kd_loss.h"
 #include "pysd/partial_labels.h"
+#include "pysd/knn_graph.h"
 
 namespace pysd {
 namespace bind {
@@ -89,6 +90,32 @@ void def_partial_labels(py::module_& m, Launch launch) {
       py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("probs"),
       py::arg("probs_stride"), py::arg("out"), py::arg("out_stride"), py::arg("k"),
       py::arg("renormalize"), py::arg("stream") = 0);
+// `launch(tile, lists, stream)` merges one tile of X X^T into the top-k lists.
+template <typename Launch>
+void def_knn_merge(py::module_& m, Launch launch) {
+  m.def(
+      "knn_merge",
+      [launch](const std::string& dtype, uintptr_t dots, int64_t ld, int64_t i0, int64_t i1, int64_t j0,
+               int64_t j1, int64_t col_from, uintptr_t sqnorm, bool exclude_self, uintptr_t sims,
+               uintptr_t idx, int64_t k, uintptr_t stream) {
+        auto run = [&](auto tag) {
+          using A = decltype(tag);
+          knn::Tile<A> t;
+          t.dots = ptr<const A>(dots); t.ld = ld;
+          t.i0 = i0; t.i1 = i1; t.j0 = j0; t.j1 = j1; t.col_from = col_from;
+          t.sqnorm = ptr<const A>(sqnorm); t.exclude_self = exclude_self;
+          knn::Lists<A> l;
+          l.sims = ptr<A>(sims); l.idx = ptr<int32_t>(idx); l.k = k;
+          py::gil_scoped_release nogil;
+          launch(t, l, stream);
+        };
+        if (dtype == "float32") run(float{});
+        else if (dtype == "float64") run(double{});
+        else throw py::type_error("knn_merge: unsupported dtype '" + dtype + "'");
+      },
+      py::arg("dtype"), py::arg("dots"), py::arg("ld"), py::arg("i0"), py::arg("i1"), py::arg("j0"),
+      py::arg("j1"), py::arg("col_from"), py::arg("sqnorm"), py::arg("exclude_self"), py::arg("sims"),
+      py::arg("idx"), py::arg("k"), py::arg("stream") = 0);
 }
 
 }  // namespace bind

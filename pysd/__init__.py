@@ -6,6 +6,7 @@ Public API (see README.md and DESIGN.md):
 * :func:`partial_labels`: partial-label (top-k) targets from a teacher's probabilities.
 * :mod:`pysd.theory`: the closed-form self-distillation solver (validation oracle).
 * :mod:`pysd.recipes`: training recipes (multi-round SD / PLL linear probes).
+* :func:`knn_graph` → :class:`Graph`: exact kNN graph with the LP-DeepSSL affinity recipe.
 * :func:`info`: backends, build configuration and versions.
 """
 
@@ -18,6 +19,8 @@ _backend.warn_if_cpp_missing()
 
 from .ops.kd_loss import kd_loss  # noqa: E402
 from .ops.partial_labels import partial_labels  # noqa: E402
+from .ops.knn_graph import knn_graph  # noqa: E402
+from .graph import Graph  # noqa: E402
 from . import nn  # noqa: E402
 from . import theory  # noqa: E402
 from . import recipes  # noqa: E402
@@ -28,4 +31,5 @@ def info() -> dict:
     return _backend.info()
 
 
-__all__ = ["kd_loss", "partial_labels", "nn", "theory", "recipes", "info", "BackendError", "__version__"]
+__all__ = ["kd_loss", "partial_labels", "knn_graph", "Graph", "nn", "theory", "recipes", "info", "BackendError",
+           "__version__"]

@@ -14,6 +14,7 @@ PYBIND11_MODULE(_C, m) {
   pysd::bind::def_partial_labels(m, [](const auto& c, const auto& a, uintptr_t) {
     pysd::cpu::partial_labels(c, a);
   });
+  pysd::bind::def_knn_merge(m, [](const auto& t, const auto& l, uintptr_t) { pysd::cpu::knn_merge(t, l); });
   m.def("build_info", [] {
     py::dict d;
     d["version"] = PYSD_VERSION;

@@ -14,6 +14,9 @@ PYBIND11_MODULE(_C_cuda, m) {
   pysd::bind::def_partial_labels(m, [](const auto& c, const auto& a, uintptr_t stream) {
     pysd::cuda::partial_labels(c, a, stream);
   });
+  pysd::bind::def_knn_merge(m, [](const auto& t, const auto& l, uintptr_t stream) {
+    pysd::cuda::knn_merge(t, l, stream);
+  });
   m.def("device_count", &pysd::cuda::device_count);
   m.def("build_info", [] {
     py::dict d;

@@ -6,6 +6,7 @@
 
 #include "pysd/kd_loss.h"
 #include "pysd/partial_labels.h"
+#include "pysd/knn_graph.h"
 
 namespace pysd {
 namespace cuda {
@@ -20,6 +21,10 @@ void partial_labels(const pll::Config& c, const pll::Args<float>& a, uintptr_t s
 void partial_labels(const pll::Config& c, const pll::Args<double>& a, uintptr_t stream);
 void partial_labels(const pll::Config& c, const pll::Args<bf16_t>& a, uintptr_t stream);
 void partial_labels(const pll::Config& c, const pll::Args<f16_t>& a, uintptr_t stream);
+
+// Row pass only: t.col_from must equal t.j1 (the GPU runs full tiles, see knn_graph.cu).
+void knn_merge(const knn::Tile<float>& t, const knn::Lists<float>& l, uintptr_t stream);
+void knn_merge(const knn::Tile<double>& t, const knn::Lists<double>& l, uintptr_t stream);
 
 int device_count();            // 0 when no driver / no device
 std::string runtime_version();

@@ -1,0 +1,73 @@
+// Streaming exact top-k of a self-join, shared by the CPU and CUDA launchers.
+//
+// The caller computes tiles of G = X X^T with a BLAS GEMM; a launcher merges
+// each tile into per-row lists of the k best candidates.  A list is kept
+// sorted best first, so its last entry is the admission threshold that the
+// vector loops test against before the (rare) scalar insert.
+//
+// Order: higher similarity first, lower column index on equal similarity.
+// Because this is a total order, the final lists do not depend on the order
+// in which tiles (or the two halves of a symmetric tile) arrive.
+#pragma once
+
+#include "pysd/common.h"
+
+namespace pysd {
+namespace knn {
+
+// Sentinel of an empty slot: worse than every finite candidate.
+constexpr int32_t kNoIndex = 0x7fffffff;
+
+template <typename A>
+PYSD_HD bool better(A s, int32_t j, A s_other, int32_t j_other) {
+  return s > s_other || (s == s_other && j < j_other);
+}
+
+// Similarity of rows i and j from their dot product.  With squared norms
+// (metric "l2") it is the negative squared distance; the norms are summed
+// first so that sim(i, j) and sim(j, i) round identically.
+template <bool L2, typename A>
+PYSD_HD A similarity(A dot, A sqnorm_i, A sqnorm_j) {
+  return L2 ? A(2) * dot - (sqnorm_i + sqnorm_j) : dot;
+}
+
+// Inserts (s, j) into the sorted list (sims, idx) of length k if it beats
+// the worst entry; returns whether it did.
+template <typename A>
+PYSD_HD bool insert(A* sims, int32_t* idx, int64_t k, A s, int32_t j) {
+  if (!better(s, j, sims[k - 1], idx[k - 1])) return false;
+  int64_t p = k - 1;
+  while (p > 0 && better(s, j, sims[p - 1], idx[p - 1])) {
+    sims[p] = sims[p - 1];
+    idx[p] = idx[p - 1];
+    --p;
+  }
+  sims[p] = s;
+  idx[p] = j;
+  return true;
+}
+
+// One tile of dot products and where it sits in G.
+template <typename A>
+struct Tile {
+  const A* dots = nullptr;   // (i1 - i0, j1 - j0), row stride ld
+  int64_t ld = 0;
+  int64_t i0 = 0, i1 = 0;    // global rows
+  int64_t j0 = 0, j1 = 0;    // global columns
+  // Columns j >= col_from also receive the transposed tile (candidate i for
+  // row j): the symmetric half of the self-join.  col_from = j1 turns it off.
+  int64_t col_from = 0;
+  const A* sqnorm = nullptr; // (N,) squared norms for l2, else null
+  bool exclude_self = true;
+};
+
+// The running (N, k) lists, best first.
+template <typename A>
+struct Lists {
+  A* sims = nullptr;
+  int32_t* idx = nullptr;
+  int64_t k = 0;
+};
+
+}  // namespace knn
+}  // namespace pysd
