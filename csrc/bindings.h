@@ -90,6 +90,8 @@ void def_partial_labels(py::module_& m, Launch launch) {
       py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("probs"),
       py::arg("probs_stride"), py::arg("out"), py::arg("out_stride"), py::arg("k"),
       py::arg("renormalize"), py::arg("stream") = 0);
+}
+
 // `launch(tile, lists, stream)` merges one tile of X X^T into the top-k lists.
 template <typename Launch>
 void def_knn_merge(py::module_& m, Launch launch) {
