@@ -3,6 +3,8 @@
 Public API (see README.md and DESIGN.md):
 
 * :func:`kd_loss` / :class:`pysd.nn.DistillationLoss`: the fused distillation loss.
+* :func:`propagate` / :class:`Propagation`: label propagation over a sparse graph (:class:`Graph`).
+* :func:`small_loss_mask`, :func:`gmm_clean_prob`: small-loss sample selection.
 * :func:`info`: backends, build configuration and versions.
 """
 
@@ -14,6 +16,9 @@ from ._backend import BackendError
 _backend.warn_if_cpp_missing()
 
 from .ops.kd_loss import kd_loss  # noqa: E402
+from .graph import Graph  # noqa: E402
+from .ops.propagate import Propagation, propagate  # noqa: E402
+from .ops.selection import gmm_clean_prob, small_loss_mask  # noqa: E402
 from . import nn  # noqa: E402
 
 
@@ -22,4 +27,5 @@ def info() -> dict:
     return _backend.info()
 
 
-__all__ = ["kd_loss", "nn", "info", "BackendError", "__version__"]
+__all__ = ["kd_loss", "Graph", "propagate", "Propagation", "small_loss_mask", "gmm_clean_prob", "nn", "info",
+           "BackendError", "__version__"]

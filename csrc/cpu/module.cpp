@@ -11,6 +11,19 @@ namespace py = pybind11;
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pysd CPU kernels (raw-pointer interface; use the pysd package API)";
   pysd::bind::def_kd_loss(m, [](const auto& c, const auto& a, uintptr_t) { pysd::cpu::kd_loss(c, a); });
+  pysd::bind::def_propagate(
+      m,
+      [](const auto& g, const auto& a, uintptr_t) {
+        int64_t it = 0;
+        pysd::cpu::propagate_cg(g, a, &it);
+        return it;
+      },
+      [](const auto& g, const auto& a, uintptr_t) {
+        int64_t it = 0, fl = 0;
+        pysd::cpu::propagate_iterate(g, a, &it, &fl);
+        return std::make_pair(it, fl);
+      },
+      [](const auto& g, const auto& a, uintptr_t) { pysd::cpu::propagate_post(g, a); });
   m.def("build_info", [] {
     py::dict d;
     d["version"] = PYSD_VERSION;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "pysd/kd_loss.h"
+#include "pysd/propagate.h"
 
 namespace pysd {
 namespace cpu {
@@ -11,6 +12,15 @@ void kd_loss(const kd::Config& c, const kd::Args<float, float>& a);
 void kd_loss(const kd::Config& c, const kd::Args<double, double>& a);
 void kd_loss(const kd::Config& c, const kd::Args<bf16_t, float>& a);
 void kd_loss(const kd::Config& c, const kd::Args<f16_t, float>& a);
+
+// Label propagation (the whole solve in one OpenMP region); `it` receives the
+// number of iterations run, `fl` the rows whose argmax changed in the last one.
+void propagate_cg(const prop::Csr<float>& g, const prop::CgArgs<float>& a, int64_t* it);
+void propagate_cg(const prop::Csr<double>& g, const prop::CgArgs<double>& a, int64_t* it);
+void propagate_iterate(const prop::Csr<float>& g, const prop::IterArgs<float>& a, int64_t* it, int64_t* fl);
+void propagate_iterate(const prop::Csr<double>& g, const prop::IterArgs<double>& a, int64_t* it, int64_t* fl);
+void propagate_post(const prop::Csr<float>& g, const prop::PostArgs<float>& a);
+void propagate_post(const prop::Csr<double>& g, const prop::PostArgs<double>& a);
 
 }  // namespace cpu
 }  // namespace pysd
