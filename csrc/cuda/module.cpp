@@ -11,6 +11,10 @@ PYBIND11_MODULE(_C_cuda, m) {
   pysd::bind::def_kd_loss(m, [](const auto& c, const auto& a, uintptr_t stream) {
     pysd::cuda::kd_loss(c, a, stream);
   });
+  pysd::bind::def_propagate(
+      m, [](const auto& g, const auto& a, uintptr_t st) { return pysd::cuda::propagate_cg(g, a, st); },
+      [](const auto& g, const auto& a, uintptr_t st) { return pysd::cuda::propagate_iterate(g, a, st); },
+      [](const auto& g, const auto& a, uintptr_t st) { pysd::cuda::propagate_post(g, a, st); });
   m.def("device_count", &pysd::cuda::device_count);
   m.def("build_info", [] {
     py::dict d;

@@ -3,8 +3,10 @@
 #pragma once
 
 #include <string>
+#include <utility>
 
 #include "pysd/kd_loss.h"
+#include "pysd/propagate.h"
 
 namespace pysd {
 namespace cuda {
@@ -15,6 +17,17 @@ void kd_loss(const kd::Config& c, const kd::Args<float, float>& a, uintptr_t str
 void kd_loss(const kd::Config& c, const kd::Args<double, double>& a, uintptr_t stream);
 void kd_loss(const kd::Config& c, const kd::Args<bf16_t, float>& a, uintptr_t stream);
 void kd_loss(const kd::Config& c, const kd::Args<f16_t, float>& a, uintptr_t stream);
+
+// Label propagation; the host waits for the stream once, at the end, for the
+// iteration count (and, for iterate, the rows whose argmax flipped last).
+int64_t propagate_cg(const prop::Csr<float>& g, const prop::CgArgs<float>& a, uintptr_t stream);
+int64_t propagate_cg(const prop::Csr<double>& g, const prop::CgArgs<double>& a, uintptr_t stream);
+std::pair<int64_t, int64_t> propagate_iterate(const prop::Csr<float>& g, const prop::IterArgs<float>& a,
+                                              uintptr_t stream);
+std::pair<int64_t, int64_t> propagate_iterate(const prop::Csr<double>& g, const prop::IterArgs<double>& a,
+                                              uintptr_t stream);
+void propagate_post(const prop::Csr<float>& g, const prop::PostArgs<float>& a, uintptr_t stream);
+void propagate_post(const prop::Csr<double>& g, const prop::PostArgs<double>& a, uintptr_t stream);
 
 int device_count();            // 0 when no driver / no device
 std::string runtime_version();
