@@ -81,7 +81,7 @@ __global__ void matvec_kernel(Csr<T> g, int64_t cols, T alpha, const T* p, T* q,
   for (int64_t i = warp_id(); i < g.n; i += s.warps) {
     for (int64_t c = lane(); c < cols; c += 32) {
       T acc = 0;
-      gather_row<false>(g, i, p, cols, c, 1, 1, &acc);
+      gather_row<false>(g, i, p, cols, c, 1, &acc);
       q[i * cols + c] = cg_matvec_elem(alpha, acc, p[i * cols + c], part[c]);
     }
   }
@@ -131,15 +131,21 @@ __global__ void zhou_kernel(Csr<T> g, int64_t cols, T alpha, const T* y, const T
   if (*s.done) return;
   double* part = s.part + warp_id() * cols;
   for (int64_t c = lane(); c < cols; c += 32) part[c] = 0;
-  long long flips = 0;
   for (int64_t i = warp_id(); i < g.n; i += s.warps) {
     for (int64_t c = lane(); c < cols; c += 32) {
       T acc = 0;
-      gather_row<false>(g, i, zc, cols, c, 1, 1, &acc);
+      gather_row<false>(g, i, zc, cols, c, 1, &acc);
       zn[i * cols + c] = zhou_elem(alpha, acc, y[i * cols + c], zc[i * cols + c], part[c]);
     }
-    __syncwarp();
-    flips += warp_argmax(zc + i * cols, cols) != warp_argmax(zn + i * cols, cols);
+  }
+}
+
+// Rows whose argmax differs between the last two iterates (z0, z1), per warp.
+template <typename T>
+__global__ void flips_kernel(int64_t n, int64_t cols, const T* z0, const T* z1, State s) {
+  long long flips = 0;
+  for (int64_t i = warp_id(); i < n; i += s.warps) {
+    flips += warp_argmax(z0 + i * cols, cols) != warp_argmax(z1 + i * cols, cols);
   }
   if (lane() == 0) s.flip[warp_id()] = flips;
 }
@@ -152,11 +158,14 @@ __global__ void zhou_check_kernel(int64_t cols, double tol, int64_t step, State 
     residual[c] = yn > 0 ? dn / yn : 0.0;
     converged &= !(yn > 0) || dn < tol * yn;
   }
+  s.stats[0] = step + 1;
+  if (converged) *s.done = 1;
+}
+
+__global__ void flips_total_kernel(State s) {
   long long f = 0;
   for (int64_t w = 0; w < s.warps; ++w) f += s.flip[w];
-  s.stats[0] = step + 1;
-  s.stats[1] = f;
-  if (converged) *s.done = 1;
+  s.stats[1] = s.stats[0] > 0 ? f : 0;
 }
 
 template <typename T>
@@ -182,7 +191,7 @@ __global__ void post_kernel(Csr<T> g, PostArgs<T> a) {
     for (int64_t c = lane(); c < cols; c += 32) {
       a.scores[i * cols + c] = (z[c] > T(0) ? z[c] : T(0)) * out.inv_l2;
       T acc = 0;
-      gather_row<true>(g, i, a.z, cols, c, 1, 1, &acc);
+      gather_row<true>(g, i, a.z, cols, c, 1, &acc);
       acc = acc > T(0) ? acc : T(0);
       oos[c] = acc;
       sum += acc;
@@ -277,6 +286,8 @@ std::pair<int64_t, int64_t> iterate_launch(const Csr<T>& g, const IterArgs<T>& a
     reduce_kernel<<<1, 256, 0, st>>>(cols, s, s.total);
     zhou_check_kernel<<<1, 1, 0, st>>>(cols, a.tol, step, s, a.residual);
   }
+  flips_kernel<<<blocks, kThreads, 0, st>>>(g.n, cols, static_cast<const T*>(a.z0), static_cast<const T*>(a.z1), s);
+  flips_total_kernel<<<1, 1, 0, st>>>(s);
   check(cudaGetLastError(), "propagate_iterate launch");
   long long stats[2];
   sc.read_stats(stats);

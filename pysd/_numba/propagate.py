@@ -114,21 +114,28 @@ def _cg(indptr, indices, values, x, r, p, q, residual, alpha, max_iter, tol, par
 
 
 @numba.njit(**_JIT)
-def _iterate(indptr, indices, values, y, z0, z1, residual, alpha, max_iter, tol, part, flip_part, acc):
+def _flips(z0, z1):
+    n = z0.shape[0]
+    count = 0
+    for i in numba.prange(n):
+        count += _argmax(z0[i]) != _argmax(z1[i])
+    return count
+
+
+@numba.njit(**_JIT)
+def _iterate(indptr, indices, values, y, z0, z1, residual, alpha, max_iter, tol, part, acc):
     n, cols = y.shape
     blocks = part.shape[0]
     _init(y, z0, z1, part)
     ynorm = np.sqrt(part.sum(0))
     al = y.dtype.type(alpha)
     it = 0
-    flips = 0
     for step in range(max_iter):
         zc = z1 if step % 2 else z0
         zn = z0 if step % 2 else z1
         for blk in numba.prange(blocks):
             t = numba.get_thread_id()
             part[blk, :] = 0
-            nflip = 0
             for i in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
                 _gather(indptr, indices, values, zc, i, acc[t], False)
                 for c in range(cols):
@@ -136,18 +143,16 @@ def _iterate(indptr, indices, values, y, z0, z1, residual, alpha, max_iter, tol,
                     d = float(v) - float(zc[i, c])
                     part[blk, c] += d * d
                     zn[i, c] = v
-                nflip += _argmax(zc[i]) != _argmax(zn[i])
-            flip_part[blk] = nflip
         dnorm = np.sqrt(part.sum(0))
         converged = True
         for c in range(cols):
             residual[c] = dnorm[c] / ynorm[c] if ynorm[c] > 0 else 0.0
             converged &= not (ynorm[c] > 0) or dnorm[c] < tol * ynorm[c]
-        flips = flip_part.sum()
         it = step + 1
         if converged:
             break
-    return it, flips
+    # the last two iterates are still in z0 / z1
+    return it, (_flips(z0, z1) if it > 0 else 0)
 
 
 @numba.njit(**_JIT)
@@ -215,8 +220,7 @@ def propagate_backend(indptr, indices, values, seeds, given, *, alpha, solver, m
         flips, z, scores, oos = -1, x, q, p
     else:
         z0, z1, oos = (torch.empty_like(seeds) for _ in range(3))
-        it, flips = _iterate(*g, _np(seeds), _np(z0), _np(z1), _np(residual), alpha, max_iter, tol, part,
-                             np.empty(blocks, dtype=np.int64), acc)
+        it, flips = _iterate(*g, _np(seeds), _np(z0), _np(z1), _np(residual), alpha, max_iter, tol, part, acc)
         z, scores = (z1, z0) if it % 2 else (z0, z1)
     labels = torch.empty(n, dtype=torch.int64)
     confidence, weight, margin = (torch.empty(n, dtype=seeds.dtype) for _ in range(3))

@@ -61,19 +61,40 @@ struct PostArgs {
   T *confidence = nullptr, *weight = nullptr, *margin = nullptr;  // (n,)
 };
 
-// acc[k] += sum_j S_ij * max?(z[j, c0 + k * step], 0) for k < cnt.
+// acc[k] += sum_j S_ij * z[j, c0 + k] (clipped at 0 when CLIP) for k < cnt:
+// the CPU takes a whole row (cnt = C), a CUDA lane one column (cnt = 1).
 template <bool CLIP, typename T, typename A>
-PYSD_HD void gather_row(const Csr<T>& g, int64_t i, const T* z, int64_t ld, int64_t c0, int64_t step,
-                        int64_t cnt, A* acc) {
+PYSD_HD void gather_row(const Csr<T>& g, int64_t i, const T* __restrict__ z, int64_t ld, int64_t c0, int64_t cnt,
+                        A* __restrict__ acc) {
   for (int64_t e = g.indptr[i]; e < g.indptr[i + 1]; ++e) {
     const A s = A(g.values[e]);
-    const T* zj = z + int64_t(g.indices[e]) * ld + c0;
+    const T* __restrict__ zj = z + int64_t(g.indices[e]) * ld + c0;
     PYSD_SIMD
     for (int64_t k = 0; k < cnt; ++k) {
-      const A v = A(zj[k * step]);
+      const A v = A(zj[k]);
       acc[k] += s * (CLIP ? (v > A(0) ? v : A(0)) : v);
     }
   }
+}
+
+// out[k] = sum_j S_ij * z[j, c0 + k] for a full chunk of W columns, the
+// accumulators held in registers across the row's edges (the CPU's main path;
+// gather_row covers the tail chunk).
+template <bool CLIP, int W, typename T, typename A>
+PYSD_HD void gather_chunk(const Csr<T>& g, int64_t i, const T* __restrict__ z, int64_t ld, int64_t c0,
+                          A* __restrict__ out) {
+  A acc[W];
+  for (int k = 0; k < W; ++k) acc[k] = A(0);
+  for (int64_t e = g.indptr[i]; e < g.indptr[i + 1]; ++e) {
+    const A s = A(g.values[e]);
+    const T* __restrict__ zj = z + int64_t(g.indices[e]) * ld + c0;
+    PYSD_SIMD
+    for (int k = 0; k < W; ++k) {
+      const A v = A(zj[k]);
+      acc[k] += s * (CLIP ? (v > A(0) ? v : A(0)) : v);
+    }
+  }
+  for (int k = 0; k < W; ++k) out[k] = acc[k];
 }
 
 // One entry of the Zhou step; `d2` accumulates the squared change.
