@@ -5,7 +5,11 @@
 // partial sums land in `part[block][column]` and are added in block order, so
 // results do not depend on the thread count.  One gather pass over the graph
 // per iteration; the column accumulator of a row stays in L1.
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC's -O3 unroll-and-jam fuses two edges of the short tail gather into a
+// scalar loop that ran 3x slower than the whole vector path; keep it off here.
 #pragma GCC optimize("no-loop-unroll-and-jam")
+#endif
 #include <omp.h>
 
 #include <algorithm>
@@ -22,12 +26,14 @@ namespace {
 using namespace prop;
 constexpr int64_t kBlock = 64;
 
-// acc = S_i. z (cols,) in register-blocked chunks of 64 and 16 columns (4 / 1
-// zmm of floats), then the last < 16 columns.
+// acc = S_i. z (cols,) in register-blocked chunks of 96, 32 and 16 columns (6,
+// 2 and 1 zmm of floats), each chunk one walk over the row's edges, then the
+// last < 16 columns.
 template <bool CLIP, typename T>
 PYSD_INLINE void gather(const Csr<T>& g, int64_t i, const T* z, int64_t cols, T* acc) {
   int64_t c0 = 0;
-  for (; c0 + 64 <= cols; c0 += 64) gather_chunk<CLIP, 64>(g, i, z, cols, c0, acc + c0);
+  for (; c0 + 96 <= cols; c0 += 96) gather_chunk<CLIP, 96>(g, i, z, cols, c0, acc + c0);
+  for (; c0 + 32 <= cols; c0 += 32) gather_chunk<CLIP, 32>(g, i, z, cols, c0, acc + c0);
   for (; c0 + 16 <= cols; c0 += 16) gather_chunk<CLIP, 16>(g, i, z, cols, c0, acc + c0);
   if (c0 < cols) {
     std::fill(acc + c0, acc + cols, T(0));
