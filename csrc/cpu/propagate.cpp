@@ -194,7 +194,7 @@ PYSD_PROP_CLONES(double)
 
 int64_t num_blocks(int64_t n) { return (n + kBlock - 1) / kBlock; }
 
-// Runs `fn(block, r0, r1, loc)` over the row blocks and leaves the column
+// Runs `fn(r0, r1, loc)` over the row blocks and leaves the column
 // totals of the partial sums in `total` (call inside the parallel region).
 template <typename Fn>
 void blocks_reduce(int64_t n, int64_t cols, std::vector<double>& part, std::vector<double>& loc,
@@ -203,7 +203,7 @@ void blocks_reduce(int64_t n, int64_t cols, std::vector<double>& part, std::vect
 #pragma omp for schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
     std::fill(loc.begin(), loc.end(), 0.0);
-    fn(b, b * kBlock, std::min(n, (b + 1) * kBlock), loc.data());
+    fn(b * kBlock, std::min(n, (b + 1) * kBlock), loc.data());
     std::copy(loc.begin(), loc.end(), part.begin() + b * cols);
   }
 #pragma omp for schedule(static)
@@ -228,7 +228,7 @@ void cg_impl(const Csr<T>& g, const CgArgs<T>& a, int64_t* iterations) {
     std::vector<T> acc(cols);
     std::vector<double> loc(cols);
     // r holds b on entry (x0 = 0): p = r, x = 0.
-    blocks_reduce(n, cols, part, loc, total, [&](int64_t, int64_t r0, int64_t r1, double* l) {
+    blocks_reduce(n, cols, part, loc, total, [&](int64_t r0, int64_t r1, double* l) {
       k_copy(a.r, a.p, a.x, cols, r0, r1, l);
     });
 #pragma omp single
@@ -237,7 +237,7 @@ void cg_impl(const Csr<T>& g, const CgArgs<T>& a, int64_t* iterations) {
       any_active |= col[c].active != 0;
     }
     for (int64_t s = 0; s < a.max_iter && any_active; ++s) {
-      blocks_reduce(n, cols, part, loc, total, [&](int64_t, int64_t r0, int64_t r1, double* l) {
+      blocks_reduce(n, cols, part, loc, total, [&](int64_t r0, int64_t r1, double* l) {
         k_matvec(g, a.p, a.q, cols, al, r0, r1, acc.data(), l);
       });
 #pragma omp single
@@ -245,7 +245,7 @@ void cg_impl(const Csr<T>& g, const CgArgs<T>& a, int64_t* iterations) {
         cg_step(col[c], total[c]);
         step[c] = T(col[c].a);
       }
-      blocks_reduce(n, cols, part, loc, total, [&](int64_t, int64_t r0, int64_t r1, double* l) {
+      blocks_reduce(n, cols, part, loc, total, [&](int64_t r0, int64_t r1, double* l) {
         k_update(a.x, a.r, a.p, a.q, step.data(), cols, r0, r1, l);
       });
 #pragma omp single
@@ -281,13 +281,13 @@ void iterate_impl(const Csr<T>& g, const IterArgs<T>& a, int64_t* iterations, in
   {
     std::vector<T> acc(cols);
     std::vector<double> loc(cols);
-    blocks_reduce(n, cols, part, loc, yy, [&](int64_t, int64_t r0, int64_t r1, double* l) {
+    blocks_reduce(n, cols, part, loc, yy, [&](int64_t r0, int64_t r1, double* l) {
       k_copy(a.y, a.z0, static_cast<T*>(nullptr), cols, r0, r1, l);
     });
     for (int64_t s = 0; s < a.max_iter && !done; ++s) {
       const T* zc = s % 2 ? a.z1 : a.z0;
       T* zn = s % 2 ? a.z0 : a.z1;
-      blocks_reduce(n, cols, part, loc, total, [&](int64_t, int64_t r0, int64_t r1, double* l) {
+      blocks_reduce(n, cols, part, loc, total, [&](int64_t r0, int64_t r1, double* l) {
         k_zhou(g, a.y, zc, zn, cols, al, r0, r1, acc.data(), l);
       });
 #pragma omp single

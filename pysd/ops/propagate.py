@@ -176,7 +176,8 @@ def propagate(graph, labels, *, num_classes: Optional[int] = None, mask=None, we
         stays frozen while others go on).  One fused sparse-times-dense pass per iteration.
         ``"iterate"``: Zhou's ``Z <- alpha S Z + Y`` from ``Z0 = Y``, ``max_iter`` steps, stopping early once
         every column's change ``||Z_t - Z_{t-1}||_c < tol ||Y_c||`` (the change equals the residual of
-        ``Z_{t-1}``).  Fused with the change norms and the count of rows whose argmax flipped.
+        ``Z_{t-1}``).  The change norms are fused into each step; the rows whose argmax flipped in the
+        last step are counted once after the loop, from the two iterates still in the double buffer.
 
     Args:
         graph: ``pysd.Graph``, scipy sparse or torch sparse, square ``(N, N)``, already normalised
