@@ -2,6 +2,7 @@
 
     python -m pytest bench/bench_propagate.py -s                      # quick: N=20k
     PYSD_BENCH_FULL=1 python -m pytest bench/bench_propagate.py -s    # headline: N=100k, d=128, k=10, C=100
+    PYSD_BENCH_SKIP_SKLEARN=1 ...                                     # leave out LabelSpreading (~1 min at 100k)
 
 One graph (faiss IndexFlatIP exact kNN, k+1 with self dropped, max(s,0)^3, W+W^T, D^-1/2 W D^-1/2) shared by
 every method.  Correctness is checked before timing; each timing is the median of 3 runs after one warm-up
