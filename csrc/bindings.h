@@ -10,6 +10,7 @@
 #include "pysd/kd_loss.h"
 #include "pysd/partial_labels.h"
 #include "pysd/knn_graph.h"
+#include "pysd/propagate.h"
 
 namespace pysd {
 namespace bind {
@@ -118,6 +119,81 @@ void def_knn_merge(py::module_& m, Launch launch) {
       py::arg("dtype"), py::arg("dots"), py::arg("ld"), py::arg("i0"), py::arg("i1"), py::arg("j0"),
       py::arg("j1"), py::arg("col_from"), py::arg("sqnorm"), py::arg("exclude_self"), py::arg("sims"),
       py::arg("idx"), py::arg("k"), py::arg("stream") = 0);
+}
+
+// propagate_cg / propagate_iterate / propagate_post: `cg(g, args, stream)` returns
+// the iteration count, `iterate(g, args, stream)` the pair (iterations, flips).
+template <typename Cg, typename Iterate, typename Post>
+void def_propagate(py::module_& m, Cg cg, Iterate iterate, Post post) {
+  auto csr = [](auto tag, int64_t n, uintptr_t indptr, uintptr_t indices, uintptr_t values) {
+    using T = decltype(tag);
+    prop::Csr<T> g;
+    g.n = n; g.indptr = ptr<const int64_t>(indptr); g.indices = ptr<const int32_t>(indices);
+    g.values = ptr<const T>(values);
+    return g;
+  };
+  auto dispatch = [](const std::string& dtype, const char* op, auto run) {
+    if (dtype == "float32") return run(float{});
+    if (dtype == "float64") return run(double{});
+    throw py::type_error(std::string(op) + ": unsupported dtype '" + dtype + "'");
+  };
+  m.def(
+      "propagate_cg",
+      [=](const std::string& dtype, int64_t n, int64_t cols, uintptr_t indptr, uintptr_t indices,
+          uintptr_t values, uintptr_t x, uintptr_t r, uintptr_t p, uintptr_t q, uintptr_t residual,
+          double alpha, int64_t max_iter, double tol, uintptr_t stream) {
+        return dispatch(dtype, "propagate_cg", [&](auto tag) {
+          using T = decltype(tag);
+          prop::CgArgs<T> a;
+          a.cols = cols; a.x = ptr<T>(x); a.r = ptr<T>(r); a.p = ptr<T>(p); a.q = ptr<T>(q);
+          a.residual = ptr<double>(residual); a.alpha = alpha; a.max_iter = max_iter; a.tol = tol;
+          const auto g = csr(tag, n, indptr, indices, values);
+          py::gil_scoped_release nogil;
+          return int64_t(cg(g, a, stream));
+        });
+      },
+      py::arg("dtype"), py::arg("n"), py::arg("cols"), py::arg("indptr"), py::arg("indices"),
+      py::arg("values"), py::arg("x"), py::arg("r"), py::arg("p"), py::arg("q"), py::arg("residual"),
+      py::arg("alpha"), py::arg("max_iter"), py::arg("tol"), py::arg("stream") = 0);
+  m.def(
+      "propagate_iterate",
+      [=](const std::string& dtype, int64_t n, int64_t cols, uintptr_t indptr, uintptr_t indices,
+          uintptr_t values, uintptr_t y, uintptr_t z0, uintptr_t z1, uintptr_t residual, double alpha,
+          int64_t max_iter, double tol, uintptr_t stream) {
+        return dispatch(dtype, "propagate_iterate", [&](auto tag) {
+          using T = decltype(tag);
+          prop::IterArgs<T> a;
+          a.cols = cols; a.y = ptr<const T>(y); a.z0 = ptr<T>(z0); a.z1 = ptr<T>(z1);
+          a.residual = ptr<double>(residual); a.alpha = alpha; a.max_iter = max_iter; a.tol = tol;
+          const auto g = csr(tag, n, indptr, indices, values);
+          py::gil_scoped_release nogil;
+          return iterate(g, a, stream);
+        });
+      },
+      py::arg("dtype"), py::arg("n"), py::arg("cols"), py::arg("indptr"), py::arg("indices"),
+      py::arg("values"), py::arg("y"), py::arg("z0"), py::arg("z1"), py::arg("residual"),
+      py::arg("alpha"), py::arg("max_iter"), py::arg("tol"), py::arg("stream") = 0);
+  m.def(
+      "propagate_post",
+      [=](const std::string& dtype, int64_t n, int64_t cols, uintptr_t indptr, uintptr_t indices,
+          uintptr_t values, uintptr_t z, uintptr_t given, uintptr_t scores, uintptr_t oos,
+          uintptr_t labels, uintptr_t confidence, uintptr_t weight, uintptr_t margin, uintptr_t stream) {
+        dispatch(dtype, "propagate_post", [&](auto tag) {
+          using T = decltype(tag);
+          prop::PostArgs<T> a;
+          a.cols = cols; a.z = ptr<const T>(z); a.given = ptr<const int64_t>(given);
+          a.scores = ptr<T>(scores); a.oos = ptr<T>(oos); a.labels = ptr<int64_t>(labels);
+          a.confidence = ptr<T>(confidence); a.weight = ptr<T>(weight); a.margin = ptr<T>(margin);
+          const auto g = csr(tag, n, indptr, indices, values);
+          py::gil_scoped_release nogil;
+          post(g, a, stream);
+          return 0;
+        });
+      },
+      py::arg("dtype"), py::arg("n"), py::arg("cols"), py::arg("indptr"), py::arg("indices"),
+      py::arg("values"), py::arg("z"), py::arg("given"), py::arg("scores"), py::arg("oos"),
+      py::arg("labels"), py::arg("confidence"), py::arg("weight"), py::arg("margin"),
+      py::arg("stream") = 0);
 }
 
 }  // namespace bind

@@ -7,6 +7,8 @@ Public API (see README.md and DESIGN.md):
 * :mod:`pysd.theory`: the closed-form self-distillation solver (validation oracle).
 * :mod:`pysd.recipes`: training recipes (multi-round SD / PLL linear probes).
 * :func:`knn_graph` → :class:`Graph`: exact kNN graph with the LP-DeepSSL affinity recipe.
+* :func:`propagate` / :class:`Propagation`: label propagation over a sparse graph (:class:`Graph`).
+* :func:`small_loss_mask`, :func:`gmm_clean_prob`: small-loss sample selection.
 * :func:`info`: backends, build configuration and versions.
 """
 
@@ -21,6 +23,8 @@ from .ops.kd_loss import kd_loss  # noqa: E402
 from .ops.partial_labels import partial_labels  # noqa: E402
 from .ops.knn_graph import knn_graph  # noqa: E402
 from .graph import Graph  # noqa: E402
+from .ops.propagate import Propagation, propagate  # noqa: E402
+from .ops.selection import gmm_clean_prob, small_loss_mask  # noqa: E402
 from . import nn  # noqa: E402
 from . import theory  # noqa: E402
 from . import recipes  # noqa: E402
@@ -31,5 +35,5 @@ def info() -> dict:
     return _backend.info()
 
 
-__all__ = ["kd_loss", "partial_labels", "knn_graph", "Graph", "nn", "theory", "recipes", "info", "BackendError",
-           "__version__"]
+__all__ = ["kd_loss", "partial_labels", "knn_graph", "Graph", "propagate", "Propagation", "small_loss_mask",
+           "gmm_clean_prob", "nn", "theory", "recipes", "info", "BackendError", "__version__"]

@@ -15,6 +15,19 @@ PYBIND11_MODULE(_C, m) {
     pysd::cpu::partial_labels(c, a);
   });
   pysd::bind::def_knn_merge(m, [](const auto& t, const auto& l, uintptr_t) { pysd::cpu::knn_merge(t, l); });
+  pysd::bind::def_propagate(
+      m,
+      [](const auto& g, const auto& a, uintptr_t) {
+        int64_t it = 0;
+        pysd::cpu::propagate_cg(g, a, &it);
+        return it;
+      },
+      [](const auto& g, const auto& a, uintptr_t) {
+        int64_t it = 0, fl = 0;
+        pysd::cpu::propagate_iterate(g, a, &it, &fl);
+        return std::make_pair(it, fl);
+      },
+      [](const auto& g, const auto& a, uintptr_t) { pysd::cpu::propagate_post(g, a); });
   m.def("build_info", [] {
     py::dict d;
     d["version"] = PYSD_VERSION;

@@ -4,6 +4,7 @@
 #include "pysd/kd_loss.h"
 #include "pysd/partial_labels.h"
 #include "pysd/knn_graph.h"
+#include "pysd/propagate.h"
 
 namespace pysd {
 namespace cpu {
@@ -23,6 +24,15 @@ void partial_labels(const pll::Config& c, const pll::Args<f16_t>& a);
 // Merges one tile of X X^T into the running top-k lists (OpenMP inside).
 void knn_merge(const knn::Tile<float>& t, const knn::Lists<float>& l);
 void knn_merge(const knn::Tile<double>& t, const knn::Lists<double>& l);
+
+// Label propagation (the whole solve in one OpenMP region); `it` receives the
+// number of iterations run, `fl` the rows whose argmax changed in the last one.
+void propagate_cg(const prop::Csr<float>& g, const prop::CgArgs<float>& a, int64_t* it);
+void propagate_cg(const prop::Csr<double>& g, const prop::CgArgs<double>& a, int64_t* it);
+void propagate_iterate(const prop::Csr<float>& g, const prop::IterArgs<float>& a, int64_t* it, int64_t* fl);
+void propagate_iterate(const prop::Csr<double>& g, const prop::IterArgs<double>& a, int64_t* it, int64_t* fl);
+void propagate_post(const prop::Csr<float>& g, const prop::PostArgs<float>& a);
+void propagate_post(const prop::Csr<double>& g, const prop::PostArgs<double>& a);
 
 }  // namespace cpu
 }  // namespace pysd

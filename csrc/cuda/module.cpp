@@ -17,6 +17,10 @@ PYBIND11_MODULE(_C_cuda, m) {
   pysd::bind::def_knn_merge(m, [](const auto& t, const auto& l, uintptr_t stream) {
     pysd::cuda::knn_merge(t, l, stream);
   });
+  pysd::bind::def_propagate(
+      m, [](const auto& g, const auto& a, uintptr_t st) { return pysd::cuda::propagate_cg(g, a, st); },
+      [](const auto& g, const auto& a, uintptr_t st) { return pysd::cuda::propagate_iterate(g, a, st); },
+      [](const auto& g, const auto& a, uintptr_t st) { pysd::cuda::propagate_post(g, a, st); });
   m.def("device_count", &pysd::cuda::device_count);
   m.def("build_info", [] {
     py::dict d;

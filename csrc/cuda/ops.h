@@ -3,10 +3,12 @@
 #pragma once
 
 #include <string>
+#include <utility>
 
 #include "pysd/kd_loss.h"
 #include "pysd/partial_labels.h"
 #include "pysd/knn_graph.h"
+#include "pysd/propagate.h"
 
 namespace pysd {
 namespace cuda {
@@ -25,6 +27,17 @@ void partial_labels(const pll::Config& c, const pll::Args<f16_t>& a, uintptr_t s
 // Row pass only: t.col_from must equal t.j1 (the GPU runs full tiles, see knn_graph.cu).
 void knn_merge(const knn::Tile<float>& t, const knn::Lists<float>& l, uintptr_t stream);
 void knn_merge(const knn::Tile<double>& t, const knn::Lists<double>& l, uintptr_t stream);
+
+// Label propagation; the host waits for the stream once, at the end, for the
+// iteration count (and, for iterate, the rows whose argmax flipped last).
+int64_t propagate_cg(const prop::Csr<float>& g, const prop::CgArgs<float>& a, uintptr_t stream);
+int64_t propagate_cg(const prop::Csr<double>& g, const prop::CgArgs<double>& a, uintptr_t stream);
+std::pair<int64_t, int64_t> propagate_iterate(const prop::Csr<float>& g, const prop::IterArgs<float>& a,
+                                              uintptr_t stream);
+std::pair<int64_t, int64_t> propagate_iterate(const prop::Csr<double>& g, const prop::IterArgs<double>& a,
+                                              uintptr_t stream);
+void propagate_post(const prop::Csr<float>& g, const prop::PostArgs<float>& a, uintptr_t stream);
+void propagate_post(const prop::Csr<double>& g, const prop::PostArgs<double>& a, uintptr_t stream);
 
 int device_count();            // 0 when no driver / no device
 std::string runtime_version();

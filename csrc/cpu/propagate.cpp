@@ -1,0 +1,340 @@
+// CPU launcher of label propagation (pysd/propagate.h).  The whole solve runs
+// in one OpenMP region; its passes call the row-block kernels below, which are
+// compiled once per ISA (target_clones: the outlined OpenMP body itself is
+// not).  Rows are split into fixed blocks of kBlock rows whose per-column
+// partial sums land in `part[block][column]` and are added in block order, so
+// results do not depend on the thread count.  One gather pass over the graph
+// per iteration; the column accumulator of a row stays in L1.
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC's -O3 unroll-and-jam fuses two edges of the short tail gather into a
+// scalar loop that ran 3x slower than the whole vector path; keep it off here.
+#pragma GCC optimize("no-loop-unroll-and-jam")
+#endif
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "ops.h"
+#include "simd.h"
+
+namespace pysd {
+namespace cpu {
+namespace {
+
+using namespace prop;
+constexpr int64_t kBlock = 64;
+
+// acc = S_i. z (cols,) in register-blocked chunks of 96, 32 and 16 columns (6,
+// 2 and 1 zmm of floats), each chunk one walk over the row's edges, then the
+// last < 16 columns.
+template <bool CLIP, typename T>
+PYSD_INLINE void gather(const Csr<T>& g, int64_t i, const T* z, int64_t cols, T* acc) {
+  int64_t c0 = 0;
+  for (; c0 + 96 <= cols; c0 += 96) gather_chunk<CLIP, 96>(g, i, z, cols, c0, acc + c0);
+  for (; c0 + 32 <= cols; c0 += 32) gather_chunk<CLIP, 32>(g, i, z, cols, c0, acc + c0);
+  for (; c0 + 16 <= cols; c0 += 16) gather_chunk<CLIP, 16>(g, i, z, cols, c0, acc + c0);
+  if (c0 < cols) {
+    std::fill(acc + c0, acc + cols, T(0));
+    gather_row<CLIP>(g, i, z, cols, c0, cols - c0, acc + c0);
+  }
+}
+
+// ---- row-block kernels: rows [r0, r1), partial sums into loc (cols,) ----
+
+template <typename T>
+PYSD_INLINE void copy_block(const T* src, T* dst, T* zero, int64_t cols, int64_t r0, int64_t r1, double* loc) {
+  for (int64_t i = r0; i < r1; ++i) {
+    const T* __restrict s = src + i * cols;
+    T* __restrict d = dst + i * cols;
+    double* __restrict l = loc;
+    PYSD_SIMD
+    for (int64_t c = 0; c < cols; ++c) {
+      d[c] = s[c];
+      l[c] += double(s[c]) * double(s[c]);
+    }
+    if (zero) std::fill(zero + i * cols, zero + (i + 1) * cols, T(0));
+  }
+}
+
+template <typename T>
+PYSD_INLINE void matvec_block(const Csr<T>& g, const T* p, T* q, int64_t cols, T alpha, int64_t r0, int64_t r1,
+                              T* acc, double* loc) {
+  for (int64_t i = r0; i < r1; ++i) {
+    gather<false>(g, i, p, cols, acc);
+    const T* __restrict pi = p + i * cols;
+    T* __restrict qi = q + i * cols;
+    const T* __restrict a = acc;
+    double* __restrict l = loc;
+    PYSD_SIMD
+    for (int64_t c = 0; c < cols; ++c) qi[c] = cg_matvec_elem(alpha, a[c], pi[c], l[c]);
+  }
+}
+
+template <typename T>
+PYSD_INLINE void update_block(T* x, T* r, const T* p, const T* q, const T* step, int64_t cols, int64_t r0,
+                              int64_t r1, double* loc) {
+  for (int64_t i = r0; i < r1; ++i) {
+    T* __restrict xi = x + i * cols;
+    T* __restrict ri = r + i * cols;
+    const T* __restrict pi = p + i * cols;
+    const T* __restrict qi = q + i * cols;
+    const T* __restrict a = step;
+    double* __restrict l = loc;
+    PYSD_SIMD
+    for (int64_t c = 0; c < cols; ++c) cg_update_elem(a[c], pi[c], qi[c], xi[c], ri[c], l[c]);
+  }
+}
+
+template <typename T>
+PYSD_INLINE void direction_block(T* p, const T* r, const T* beta, int64_t cols, int64_t r0, int64_t r1) {
+  for (int64_t i = r0; i < r1; ++i) {
+    T* __restrict pi = p + i * cols;
+    const T* __restrict ri = r + i * cols;
+    const T* __restrict b = beta;
+    PYSD_SIMD
+    for (int64_t c = 0; c < cols; ++c) pi[c] = ri[c] + b[c] * pi[c];
+  }
+}
+
+template <typename T>
+PYSD_INLINE int64_t argmax_row(const T* z, int64_t cols) {
+  int64_t arg = 0;
+  for (int64_t c = 1; c < cols; ++c) arg = z[c] > z[arg] ? c : arg;
+  return arg;
+}
+
+template <typename T>
+PYSD_INLINE void zhou_block(const Csr<T>& g, const T* y, const T* zc, T* zn, int64_t cols, T alpha, int64_t r0,
+                            int64_t r1, T* acc, double* loc) {
+  for (int64_t i = r0; i < r1; ++i) {
+    gather<false>(g, i, zc, cols, acc);
+    const T* __restrict zo = zc + i * cols;
+    const T* __restrict yi = y + i * cols;
+    T* __restrict zw = zn + i * cols;
+    const T* __restrict a = acc;
+    double* __restrict l = loc;
+    PYSD_SIMD
+    for (int64_t c = 0; c < cols; ++c) zw[c] = zhou_elem(alpha, a[c], yi[c], zo[c], l[c]);
+  }
+}
+
+// Rows whose argmax (first maximum) differs between two iterates.
+template <typename T>
+PYSD_INLINE int64_t flips_block(const T* z0, const T* z1, int64_t cols, int64_t r0, int64_t r1) {
+  int64_t flips = 0;
+  for (int64_t i = r0; i < r1; ++i) flips += argmax_row(z0 + i * cols, cols) != argmax_row(z1 + i * cols, cols);
+  return flips;
+}
+
+template <typename T>
+PYSD_INLINE void post_block(const Csr<T>& g, const PostArgs<T>& a, int64_t r0, int64_t r1, T* acc) {
+  const int64_t cols = a.cols;
+  for (int64_t i = r0; i < r1; ++i) {
+    const T* __restrict zi = a.z + i * cols;
+    RowStats<T> s;
+    for (int64_t c = 0; c < cols; ++c) row_stats_elem(s, zi[c], c);
+    const int64_t gi = a.given[i];
+    const RowOut<T> o = row_finish(s, gi >= 0 ? zi[gi] : T(0), cols);
+    T* __restrict si = a.scores + i * cols;
+    const T inv = o.inv_l2;
+    PYSD_SIMD
+    for (int64_t c = 0; c < cols; ++c) si[c] = (zi[c] > T(0) ? zi[c] : T(0)) * inv;
+    a.labels[i] = s.arg;
+    a.confidence[i] = o.confidence;
+    a.weight[i] = o.weight;
+    a.margin[i] = o.margin;
+
+    gather<true>(g, i, a.z, cols, acc);
+    T sum = 0;
+    PYSD_SIMD
+    for (int64_t c = 0; c < cols; ++c) {
+      acc[c] = acc[c] > T(0) ? acc[c] : T(0);
+      sum += acc[c];
+    }
+    const T inv_sum = sum > T(0) ? T(1) / sum : T(0);
+    T* __restrict oi = a.oos + i * cols;
+    PYSD_SIMD
+    for (int64_t c = 0; c < cols; ++c) oi[c] = acc[c] * inv_sum;
+  }
+}
+
+// One ISA-dispatched entry per kernel and data type.
+#define PYSD_PROP_CLONES(T)                                                                                 \
+  PYSD_ISA_CLONES void k_copy(const T* s, T* d, T* z, int64_t c, int64_t r0, int64_t r1, double* l) {      \
+    copy_block(s, d, z, c, r0, r1, l);                                                                     \
+  }                                                                                                        \
+  PYSD_ISA_CLONES void k_matvec(const Csr<T>& g, const T* p, T* q, int64_t c, T al, int64_t r0, int64_t r1, \
+                                T* acc, double* l) {                                                       \
+    matvec_block(g, p, q, c, al, r0, r1, acc, l);                                                          \
+  }                                                                                                        \
+  PYSD_ISA_CLONES void k_update(T* x, T* r, const T* p, const T* q, const T* a, int64_t c, int64_t r0,       \
+                                int64_t r1, double* l) {                                                   \
+    update_block(x, r, p, q, a, c, r0, r1, l);                                                             \
+  }                                                                                                        \
+  PYSD_ISA_CLONES void k_direction(T* p, const T* r, const T* b, int64_t c, int64_t r0, int64_t r1) {      \
+    direction_block(p, r, b, c, r0, r1);                                                                   \
+  }                                                                                                        \
+  PYSD_ISA_CLONES void k_zhou(const Csr<T>& g, const T* y, const T* zc, T* zn, int64_t c, T al, int64_t r0, \
+                              int64_t r1, T* acc, double* l) {                                             \
+    zhou_block(g, y, zc, zn, c, al, r0, r1, acc, l);                                                       \
+  }                                                                                                        \
+  PYSD_ISA_CLONES int64_t k_flips(const T* z0, const T* z1, int64_t c, int64_t r0, int64_t r1) {           \
+    return flips_block(z0, z1, c, r0, r1);                                                                 \
+  }                                                                                                        \
+  PYSD_ISA_CLONES void k_post(const Csr<T>& g, const PostArgs<T>& a, int64_t r0, int64_t r1, T* acc) {      \
+    post_block(g, a, r0, r1, acc);                                                                         \
+  }
+PYSD_PROP_CLONES(float)
+PYSD_PROP_CLONES(double)
+#undef PYSD_PROP_CLONES
+
+// ---- drivers ----
+
+int64_t num_blocks(int64_t n) { return (n + kBlock - 1) / kBlock; }
+
+// Runs `fn(r0, r1, loc)` over the row blocks and leaves the column
+// totals of the partial sums in `total` (call inside the parallel region).
+template <typename Fn>
+void blocks_reduce(int64_t n, int64_t cols, std::vector<double>& part, std::vector<double>& loc,
+                   std::vector<double>& total, Fn fn) {
+  const int64_t blocks = num_blocks(n);
+#pragma omp for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    std::fill(loc.begin(), loc.end(), 0.0);
+    fn(b * kBlock, std::min(n, (b + 1) * kBlock), loc.data());
+    std::copy(loc.begin(), loc.end(), part.begin() + b * cols);
+  }
+#pragma omp for schedule(static)
+  for (int64_t c = 0; c < cols; ++c) {
+    double s = 0;
+    for (int64_t b = 0; b < blocks; ++b) s += part[b * cols + c];
+    total[c] = s;
+  }
+}
+
+template <typename T>
+void cg_impl(const Csr<T>& g, const CgArgs<T>& a, int64_t* iterations) {
+  const int64_t n = g.n, cols = a.cols;
+  std::vector<double> part(num_blocks(n) * cols), total(cols);
+  std::vector<Column> col(cols);
+  std::vector<T> step(cols), beta(cols);
+  const T al = T(a.alpha);
+  bool any_active = false;
+  int64_t it = 0;
+#pragma omp parallel
+  {
+    std::vector<T> acc(cols);
+    std::vector<double> loc(cols);
+    // r holds b on entry (x0 = 0): p = r, x = 0.
+    blocks_reduce(n, cols, part, loc, total, [&](int64_t r0, int64_t r1, double* l) {
+      k_copy(a.r, a.p, a.x, cols, r0, r1, l);
+    });
+#pragma omp single
+    for (int64_t c = 0; c < cols; ++c) {
+      cg_init(col[c], total[c], a.tol);
+      any_active |= col[c].active != 0;
+    }
+    for (int64_t s = 0; s < a.max_iter && any_active; ++s) {
+      blocks_reduce(n, cols, part, loc, total, [&](int64_t r0, int64_t r1, double* l) {
+        k_matvec(g, a.p, a.q, cols, al, r0, r1, acc.data(), l);
+      });
+#pragma omp single
+      for (int64_t c = 0; c < cols; ++c) {
+        cg_step(col[c], total[c]);
+        step[c] = T(col[c].a);
+      }
+      blocks_reduce(n, cols, part, loc, total, [&](int64_t r0, int64_t r1, double* l) {
+        k_update(a.x, a.r, a.p, a.q, step.data(), cols, r0, r1, l);
+      });
+#pragma omp single
+      {
+        any_active = false;
+        for (int64_t c = 0; c < cols; ++c) {
+          cg_direction(col[c], total[c]);
+          beta[c] = T(col[c].b);
+          any_active |= col[c].active != 0;
+        }
+        it = s + 1;
+      }
+      if (!any_active) break;
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < num_blocks(n); ++b) {
+        k_direction(a.p, a.r, beta.data(), cols, b * kBlock, std::min(n, (b + 1) * kBlock));
+      }
+    }
+  }
+  for (int64_t c = 0; c < cols; ++c) a.residual[c] = cg_residual(col[c]);
+  *iterations = it;
+}
+
+template <typename T>
+void iterate_impl(const Csr<T>& g, const IterArgs<T>& a, int64_t* iterations, int64_t* flips) {
+  const int64_t n = g.n, cols = a.cols, blocks = num_blocks(n);
+  std::vector<double> part(blocks * cols), yy(cols), total(cols);
+  const T al = T(a.alpha);
+  bool done = false;
+  int64_t it = 0, nflips = 0;
+  std::fill(a.residual, a.residual + cols, 0.0);
+#pragma omp parallel
+  {
+    std::vector<T> acc(cols);
+    std::vector<double> loc(cols);
+    blocks_reduce(n, cols, part, loc, yy, [&](int64_t r0, int64_t r1, double* l) {
+      k_copy(a.y, a.z0, static_cast<T*>(nullptr), cols, r0, r1, l);
+    });
+    for (int64_t s = 0; s < a.max_iter && !done; ++s) {
+      const T* zc = s % 2 ? a.z1 : a.z0;
+      T* zn = s % 2 ? a.z0 : a.z1;
+      blocks_reduce(n, cols, part, loc, total, [&](int64_t r0, int64_t r1, double* l) {
+        k_zhou(g, a.y, zc, zn, cols, al, r0, r1, acc.data(), l);
+      });
+#pragma omp single
+      {
+        bool converged = true;
+        for (int64_t c = 0; c < cols; ++c) {
+          const double ynorm = std::sqrt(yy[c]), dnorm = std::sqrt(total[c]);
+          a.residual[c] = ynorm > 0 ? dnorm / ynorm : 0.0;
+          converged &= !(ynorm > 0) || dnorm < a.tol * ynorm;
+        }
+        it = s + 1;
+        done = converged;
+      }
+    }
+    // Both buffers still hold the last two iterates: count argmax flips once.
+    if (it > 0) {
+#pragma omp for schedule(static) reduction(+ : nflips)
+      for (int64_t b = 0; b < blocks; ++b) nflips += k_flips(a.z0, a.z1, cols, b * kBlock, std::min(n, (b + 1) * kBlock));
+    }
+  }
+  *iterations = it;
+  *flips = nflips;
+}
+
+template <typename T>
+void post_impl(const Csr<T>& g, const PostArgs<T>& a) {
+  const int64_t n = g.n;
+#pragma omp parallel
+  {
+    std::vector<T> acc(a.cols);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < num_blocks(n); ++b) k_post(g, a, b * kBlock, std::min(n, (b + 1) * kBlock), acc.data());
+  }
+}
+
+}  // namespace
+
+void propagate_cg(const Csr<float>& g, const CgArgs<float>& a, int64_t* it) { cg_impl(g, a, it); }
+void propagate_cg(const Csr<double>& g, const CgArgs<double>& a, int64_t* it) { cg_impl(g, a, it); }
+void propagate_iterate(const Csr<float>& g, const IterArgs<float>& a, int64_t* it, int64_t* fl) {
+  iterate_impl(g, a, it, fl);
+}
+void propagate_iterate(const Csr<double>& g, const IterArgs<double>& a, int64_t* it, int64_t* fl) {
+  iterate_impl(g, a, it, fl);
+}
+void propagate_post(const Csr<float>& g, const PostArgs<float>& a) { post_impl(g, a); }
+void propagate_post(const Csr<double>& g, const PostArgs<double>& a) { post_impl(g, a); }
+
+}  // namespace cpu
+}  // namespace pysd

@@ -1,0 +1,114 @@
+"""Reference label propagation in plain torch (any float dtype, CPU or GPU).
+
+Same algorithm and stopping rules as the kernels: per-column CG scalars as
+``scipy.sparse.linalg.cg`` (x0 = 0, stop when ||r|| < tol ||b||), the Zhou
+iteration from Z0 = Y, and the row post-processing of ``pysd/propagate.h``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from .. import _backend
+
+CG, ITERATE = 0, 1
+
+
+def _matrix(indptr: Tensor, indices: Tensor, values: Tensor) -> Tensor:
+    n = indptr.numel() - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(indptr, indices.to(torch.int64), values, (n, n), check_invariants=False)
+
+
+def cg(S: Tensor, b: Tensor, alpha: float, max_iter: int, tol: float):
+    """Per-column CG on ``(I - alpha S) X = B``; returns X, ||r||/||b|| (C,), iterations."""
+    f64 = torch.float64
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rho = (b.to(f64) ** 2).sum(0)
+    bnorm = rho.sqrt()
+    atol = tol * bnorm
+    active = (bnorm != 0) & ~(bnorm < atol)
+    it = 0
+    for step in range(max_iter):
+        if not bool(active.any()):
+            break
+        q = p - alpha * (S @ p)
+        pq = (p.to(f64) * q.to(f64)).sum(0)
+        active &= pq != 0
+        a = torch.where(active, rho / torch.where(active, pq, 1.0), 0.0)
+        x += a.to(x.dtype) * p
+        r -= a.to(r.dtype) * q
+        rr = (r.to(f64) ** 2).sum(0)
+        beta = torch.where(active, rr / rho, 0.0)
+        rho = torch.where(active, rr, rho)
+        active &= ~(rr.sqrt() < atol)
+        beta = torch.where(active, beta, 0.0)
+        it = step + 1
+        if not bool(active.any()):
+            break
+        p = r + beta.to(p.dtype) * p
+    residual = torch.where(bnorm > 0, rho.sqrt() / torch.where(bnorm > 0, bnorm, 1.0), 0.0)
+    return x, residual, it
+
+
+def iterate(S: Tensor, y: Tensor, alpha: float, max_iter: int, tol: float):
+    """Zhou steps ``Z <- alpha S Z + Y`` from Z0 = Y; returns Z, ||dZ||/||Y|| (C,), iterations, flips."""
+    f64 = torch.float64
+    ynorm = (y.to(f64) ** 2).sum(0).sqrt()
+    z = y.clone()
+    residual = torch.zeros_like(ynorm)
+    it = flips = 0
+    for step in range(max_iter):
+        zn = alpha * (S @ z) + y
+        dnorm = ((zn.to(f64) - z.to(f64)) ** 2).sum(0).sqrt()
+        residual = torch.where(ynorm > 0, dnorm / torch.where(ynorm > 0, ynorm, 1.0), 0.0)
+        flips = int((zn.argmax(1) != z.argmax(1)).sum()) if z.shape[1] else 0
+        z = zn
+        it = step + 1
+        if bool(((ynorm == 0) | (dnorm < tol * ynorm)).all()):
+            break
+    return z, residual, it, flips
+
+
+def postprocess(S: Tensor, z: Tensor, given: Tensor):
+    """Row outputs of ``pysd/propagate.h::row_finish`` plus the neighbours-only scores."""
+    n, c = z.shape
+    zp = z.clamp_min(0)
+    l1 = zp.sum(1)
+    l2 = zp.square().sum(1).sqrt()
+    pos = l1 > 0
+    safe_l1 = torch.where(pos, l1, 1.0)
+    scores = zp / torch.where(pos, l2, 1.0).unsqueeze(1)
+    arg = zp.argmax(1)
+    top = zp.gather(1, arg.unsqueeze(1)).squeeze(1)
+    labels = torch.where(pos, arg, -1)
+    confidence = torch.where(pos, top / safe_l1, 0.0)
+    zlogz = torch.xlogy(zp, zp).sum(1)
+    h = torch.log(safe_l1) - zlogz / safe_l1
+    weight = (1 - h / torch.log(torch.tensor(float(c), dtype=z.dtype))) if c > 1 else torch.ones_like(h)
+    weight = torch.where(pos, weight, 0.0)
+    gv = zp.gather(1, given.clamp_min(0).unsqueeze(1)).squeeze(1)
+    gv = torch.where(given >= 0, gv, 0.0)
+    margin = torch.where(pos, (top - gv) / safe_l1, 0.0)
+    oos = (S @ zp).clamp_min(0)
+    osum = oos.sum(1, keepdim=True)
+    oos = oos / torch.where(osum > 0, osum, 1.0)
+    return scores, oos, labels, confidence, weight, margin
+
+
+@_backend.register("propagate", "torch")
+def propagate_backend(indptr, indices, values, seeds, given, *, alpha, solver, max_iter, tol):
+    """Backend adapter: ``(raw, scores, oos, labels, confidence, weight, margin, residual, iterations, flips)``."""
+    S = _matrix(indptr, indices, values)
+    if solver == CG:
+        z, residual, it = cg(S, seeds, alpha, max_iter, tol)
+        flips = -1
+    else:
+        z, residual, it, flips = iterate(S, seeds, alpha, max_iter, tol)
+    return (z, *postprocess(S, z, given), residual, it, flips)
