@@ -19,7 +19,8 @@ def refine_labels(features: np.ndarray, labels: np.ndarray, *, num_classes=None,
                   max_iter=20, metric="cosine", power=3.0) -> dict:
     """kNN graph + label propagation with every sample as a seed of its given label.
 
-    ``features: (N, d)`` float32, ``labels: (N,)`` int64 → dict of numpy arrays: ``labels`` (refined),
+    ``features: (N, d)`` float32, ``labels: (N,)`` int64 → dict of numpy arrays: ``labels`` (refined; -1 for
+    a sample without neighbours),
     ``given_labels``, ``confidence``, ``weights`` (LP-DeepSSL entropy weights times class weights),
     ``issues`` (indices whose label changed, most suspicious first), ``oos_scores`` ``(N, C)``
     (neighbours-only scores, e.g. for cleanlab), ``scores`` ``(N, C)``.
@@ -30,7 +31,9 @@ def refine_labels(features: np.ndarray, labels: np.ndarray, *, num_classes=None,
     graph = pysd.knn_graph(features, k=k, metric=metric, power=power, symmetrize="sum", normalize="sym")
     res = pysd.propagate(graph, labels, num_classes=c, alpha=alpha, solver=solver, max_iter=max_iter)
     refined = np.asarray(res.labels, dtype=np.int64)
-    weights = np.asarray(res.entropy_weight) * np.asarray(res.class_weight)[refined]
+    # isolated samples (no neighbour, label -1) get weight 0
+    class_w = np.where(refined >= 0, np.asarray(res.class_weight)[np.clip(refined, 0, None)], 0.0)
+    weights = np.asarray(res.entropy_weight) * class_w
     return {
         "labels": refined,
         "given_labels": labels,

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "memory.h"
 #include "ops.h"
 #include "simd.h"
 
@@ -20,8 +21,18 @@ using namespace kd;
 template <typename In, typename A>
 struct Scratch { A* ez; A* eu; A* e1; A* f; };
 
+// Pass 2 works in blocks; before each block it prefetches the matching part of
+// the next row, so that row's DRAM reads overlap this row's exponentials.
+constexpr int64_t kBlock = 512;
+
+template <typename In>
+PYSD_INLINE void prefetch_range(const In* p, int64_t n) {
+  constexpr int64_t kLine = 64 / int64_t(sizeof(In));
+  for (int64_t j = 0; j < n; j += kLine) __builtin_prefetch(p + j, 0, 3);
+}
+
 template <int TF, int CE, typename In, typename A>
-PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, const Scratch<In, A>& b) {
+PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, int64_t next, const Scratch<In, A>& b) {
   const int64_t n = c.cols;
   const In* __restrict s = a.student + i * a.student_stride;
   const In* __restrict t = TF == kNoTeacher ? nullptr : a.teacher + i * a.teacher_stride;
@@ -61,20 +72,27 @@ PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, const Scr
   }
 
   // Pass 2: exponentials and their sums.
+  const In* s_next = next >= 0 ? a.student + next * a.student_stride : nullptr;
+  const In* t_next = (next >= 0 && TF != kNoTeacher) ? a.teacher + next * a.teacher_stride : nullptr;
   A sz = 0, su = 0, s1 = 0, fkl = 0;
+  for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
+    const int64_t j1 = std::min(n, j0 + kBlock);
+    if (s_next) prefetch_range(s_next + j0, j1 - j0);
+    if (t_next) prefetch_range(t_next + j0, j1 - j0);
 #pragma omp simd reduction(+ : sz, su, s1, fkl)
-  for (int64_t j = 0; j < n; ++j) {
-    Totals<A> e;
-    A ez, eu, e1;
-    exp_elem<TF, CE>(inv_t, ms, mt, A(to_float(s[j])), TF == kNoTeacher ? A(0) : A(to_float(t[j])), npow,
-                     floor, ez, eu, e1, e);
-    bz[j] = ez;
-    bu[j] = eu;
-    b1[j] = e1;
-    sz += e.sz;
-    su += e.su;
-    s1 += e.s1;
-    fkl += e.fkl;
+    for (int64_t j = j0; j < j1; ++j) {
+      Totals<A> e;
+      A ez, eu, e1;
+      exp_elem<TF, CE>(inv_t, ms, mt, A(to_float(s[j])), TF == kNoTeacher ? A(0) : A(to_float(t[j])), npow,
+                       floor, ez, eu, e1, e);
+      bz[j] = ez;
+      bu[j] = eu;
+      b1[j] = e1;
+      sz += e.sz;
+      su += e.su;
+      s1 += e.s1;
+      fkl += e.fkl;
+    }
   }
   acc.sz = sz;
   acc.su = su;
@@ -135,10 +153,11 @@ PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, const Scr
 template <int TF, typename In, typename A>
 PYSD_INLINE void rows_tf(const Config& c, const Args<In, A>& a, int64_t r0, int64_t r1,
                          const Scratch<In, A>& b) {
+  auto next = [r1](int64_t i) { return i + 1 < r1 ? i + 1 : int64_t(-1); };
   switch (c.ce_mode()) {
-    case kCeExp: for (int64_t i = r0; i < r1; ++i) row<TF, kCeExp>(c, a, i, b); break;
-    case kCePow: for (int64_t i = r0; i < r1; ++i) row<TF, kCePow>(c, a, i, b); break;
-    default: for (int64_t i = r0; i < r1; ++i) row<TF, kCeShared>(c, a, i, b); break;
+    case kCeExp: for (int64_t i = r0; i < r1; ++i) row<TF, kCeExp>(c, a, i, next(i), b); break;
+    case kCePow: for (int64_t i = r0; i < r1; ++i) row<TF, kCePow>(c, a, i, next(i), b); break;
+    default: for (int64_t i = r0; i < r1; ++i) row<TF, kCeShared>(c, a, i, next(i), b); break;
   }
 }
 
@@ -167,14 +186,22 @@ PYSD_ISA_CLONES void rows_f16(const Config& c, const Args<f16_t, float>& a, int6
 template <typename In, typename A, typename Fn>
 void launch(const Config& c, const Args<In, A>& a, Fn fn) {
   if (c.rows == 0) return;
-  // Rows are independent; a few rows per chunk keeps scratch reuse hot.
+  if (a.grad != nullptr && a.grad_stride == c.cols) {
+    advise_huge_pages(a.grad, size_t(c.rows) * size_t(c.cols) * sizeof(In));
+  }
+  // Rows are independent; each thread takes one contiguous block of rows so it
+  // can prefetch its next row.
   const int64_t work = c.rows * std::max<int64_t>(c.cols, 1);
   const bool parallel = work >= (int64_t(1) << 15) && c.rows > 1;
 #pragma omp parallel if (parallel)
   {
-    std::vector<A> scratch(4 * std::max<int64_t>(c.cols, 1));
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < c.rows; ++i) fn(c, a, i, i + 1, scratch.data());
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t chunk = (c.rows + nt - 1) / nt;
+    const int64_t r0 = std::min(c.rows, t * chunk), r1 = std::min(c.rows, r0 + chunk);
+    if (r0 < r1) {
+      std::vector<A> scratch(4 * std::max<int64_t>(c.cols, 1));
+      fn(c, a, r0, r1, scratch.data());
+    }
   }
 }
 

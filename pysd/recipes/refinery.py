@@ -169,13 +169,13 @@ class LabelRefinery:
                               symmetrize="sum", normalize="sym")
 
     def _propagate(self, features: Tensor, labels: Tensor, weights: Optional[Tensor], normalised: bool) -> Tensor:
-        """Hard labels after propagation: argmax of max(Z, 0) (softmax does not change the argmax)."""
+        """``max(Z, 0)`` of the propagation (AML-KD takes its softmax and argmax)."""
         import pysd
 
         graph = self._graph(features, normalised)
         res = pysd.propagate(graph, labels, num_classes=self.num_classes, weights=weights, alpha=self.alpha,
                              solver=self.solver, max_iter=self.max_iter, tol=self.tol)
-        return torch.as_tensor(res.scores).clamp_min(0.0)
+        return torch.as_tensor(res.raw_scores).clamp_min(0.0)
 
     def _check(self, features, name: str, n: Optional[int] = None) -> Tensor:
         f = _as_tensor(features, name, torch.float32)
