@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "check.cuh"
 #include "ops.h"
 
 namespace pysd {
@@ -131,12 +132,6 @@ __global__ void __launch_bounds__(kThreads) kd_loss_kernel(Config c, Args<In, A>
       if (j == r.y) v += r.cy;
       g[j] = from_acc<In>(bad_target ? A(NAN) : v);
     }
-  }
-}
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("pysd CUDA ") + what + ": " + cudaGetErrorString(err));
   }
 }
 

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "check.cuh"
 #include "ops.h"
 
 namespace pysd {
@@ -49,12 +50,6 @@ __global__ void __launch_bounds__(kThreads) row_merge_kernel(Tile<A> t, Lists<A>
       thr_j = idx[k - 1];
       __syncwarp();
     }
-  }
-}
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("pysd CUDA ") + what + ": " + cudaGetErrorString(err));
   }
 }
 

@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "check.cuh"
 #include "ops.h"
 
 namespace pysd {
@@ -206,10 +207,6 @@ __global__ void post_kernel(Csr<T> g, PostArgs<T> a) {
       a.margin[i] = out.margin;
     }
   }
-}
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string("pysd CUDA ") + what + ": " + cudaGetErrorString(err));
 }
 
 int blocks_for(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>(kMaxBlocks, (n + kWarps - 1) / kWarps))); }
