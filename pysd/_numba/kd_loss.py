@@ -31,7 +31,7 @@ def _row_max(x, c):
 
 @numba.njit(cache=CACHE, parallel=True, fastmath=_FAST)
 def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t, soft_coef, hard_weight,
-             smoothing, ignore_index, has_target, compute_grad, scratch, zero, one):
+             smoothing, ignore_index, has_target, compute_grad, scratch, zero, one, npow, floor):
     n, c = s.shape
     t_logits = tf == LOGITS or tf == LOGPROBS
     has_soft = tf != NO_TEACHER and soft_coef != zero
@@ -76,7 +76,14 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t,
             mt = zero
         s1 = zero
         ssum = zero
-        if sep:
+        if sep and npow > 0:
+            # integer T: exp(s - m) = exp((s - m) / T)^T, as csrc/include/pysd/kd_loss.h
+            for j in range(c):
+                x = bz[j] if bz[j] > floor else zero
+                e1 = x ** npow
+                b1[j] = e1
+                s1 += e1
+        elif sep:
             for j in range(c):
                 e1 = math.exp(si[j] - ms)
                 b1[j] = e1
@@ -184,9 +191,13 @@ def kd_loss_backend(student, teacher, target, weight, grad_scale, *, compute_gra
     grad = torch.empty((n, c), dtype=acc) if compute_grad else torch.empty((0, c), dtype=acc)
     typ = np.float64 if acc == torch.float64 else np.float32
     scratch = np.empty((numba.get_num_threads(), 4, c), dtype=typ)
+    integer_t = float(temperature).is_integer() and 2 <= temperature <= 16
+    npow = int(temperature) if integer_t else 0
+    min_exp = -1022.0 if typ is np.float64 else -126.0
+    floor = typ(math.exp(math.log(2.0) * min_exp / npow)) if npow else typ(0.0)
     if n > 0:
         _kd_rows(_np(s), _np(t), _np(y), _np(w), typ(grad_scale), _np(grad), _np(rows),
                  teacher_format if teacher is not None else NO_TEACHER, divergence, typ(beta), typ(1.0 / temperature),
                  typ(soft_coef), typ(hard_weight), typ(label_smoothing), ignore_index, target is not None,
-                 compute_grad, scratch, typ(0.0), typ(1.0))
+                 compute_grad, scratch, typ(0.0), typ(1.0), npow, floor)
     return rows, (grad.to(student.dtype) if compute_grad else None)
