@@ -77,8 +77,9 @@ class Graph:
 
     def to_torch(self) -> Tensor:
         """``torch.sparse_csr_tensor`` view of the same data."""
+        # checked: a malformed user graph must raise here, not crash a later sparse kernel
         return torch.sparse_csr_tensor(self.indptr, self.indices.to(torch.int64), self.values,
-                                       (self.num_nodes, self.num_nodes))
+                                       (self.num_nodes, self.num_nodes), check_invariants=True)
 
     @classmethod
     def from_scipy(cls, matrix, dtype: torch.dtype = torch.float32, device=None) -> "Graph":
