@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import _interop
+from . import _backend, _interop
 from ._ref import propagate as _lp
 from ._ref.knn_graph import select_topk
 from .ops import knn_graph as _kg
@@ -221,27 +221,47 @@ class _Halo:
 # --------------------------------------------------------------------------- kNN graph
 
 
+def _merge_kernel(device: torch.device):
+    """The compiled ``knn_merge`` of the backend that serves ``knn_graph`` here, or None (numba / torch
+    backends: their top-k is a whole self-join, so the sharded search merges in torch instead)."""
+    name = _backend.select("knn_graph", device.type)[0]
+    module = {"cpp": "_C", "cuda": "_C_cuda"}.get(name)
+    return None if module is None else _backend.extension(module)
+
+
 def _merge_block(x: Tensor, sqn: Optional[Tensor], blk: Tensor, blk_sqn: Optional[Tensor], col0: int,
-                 row_start: int, exclude_self: bool, tile: Tuple[int, int], sims: Tensor, idx: Tensor) -> None:
+                 row_start: int, exclude_self: bool, tile: Tuple[int, int], sims: Tensor, idx: Tensor,
+                 kernel) -> None:
     """Merges the similarities of the local rows ``x`` to the rows ``blk`` (global ids from ``col0``)
     into the ``(n, k)`` lists, tile by tile: higher similarity first, then the lower global id."""
     n, m, k = x.shape[0], blk.shape[0], sims.shape[1]
+    stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
+    buf = x.new_empty(min(n, tile[0]) * min(m, tile[1]))
     for i0 in range(0, n, tile[0]):
         i1 = min(n, i0 + tile[0])
         for j0 in range(0, m, tile[1]):
             j1 = min(m, j0 + tile[1])
-            t = x[i0:i1] @ blk[j0:j1].t()
+            t = buf[:(i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
+            torch.mm(x[i0:i1], blk[j0:j1].t(), out=t)
+            # l2 and self-exclusion are applied to the tile here: the kernel would index the norms
+            # and test i == j with one id space, and local rows / global columns are two
             if sqn is not None:
-                t = 2.0 * t - (sqn[i0:i1, None] + blk_sqn[None, j0:j1])
+                t.mul_(2.0).sub_(sqn[i0:i1, None]).sub_(blk_sqn[None, j0:j1])
             if exclude_self:
                 rows = torch.arange(i1 - i0, device=x.device)
                 cols = rows + (row_start + i0 - col0 - j0)
                 hit = (cols >= 0) & (cols < j1 - j0)
                 t[rows[hit], cols[hit]] = -torch.inf
+            if kernel is not None:
+                # rows i0..i1 of the lists as rows 0..i1-i0 of the kernel, columns with their global ids
+                kernel.knn_merge(_kg._DTYPE_NAMES[x.dtype], t.data_ptr(), t.stride(0), 0, i1 - i0, col0 + j0,
+                                 col0 + j1, col0 + j1, 0, False, sims[i0:i1].data_ptr(), idx[i0:i1].data_ptr(),
+                                 k, stream)
+                continue
             # The block's own best (ties to its lower ids), then a merge of two k-lists ordered by
             # global id and stably by similarity, so ties across blocks go to the lower global id.
             c, v = select_topk(t, min(k, j1 - j0))
-            cand_i = torch.cat([idx[i0:i1], c + (col0 + j0)], 1)
+            cand_i = torch.cat([idx[i0:i1], (c + (col0 + j0)).to(torch.int32)], 1)
             cand_s = torch.cat([sims[i0:i1], v], 1)
             order = torch.argsort(cand_i, dim=1, stable=True)
             cand_i, cand_s = cand_i.gather(1, order), cand_s.gather(1, order)
@@ -334,7 +354,8 @@ def knn_graph(local_features, k: int = 10, *, group=None, metric: str = "cosine"
 
     dev = x.device
     sims = torch.full((n, k), -torch.inf, dtype=x.dtype, device=dev)
-    idx = torch.full((n, k), _kg._NO_INDEX, dtype=torch.int64, device=dev)
+    idx = torch.full((n, k), _kg._NO_INDEX, dtype=torch.int32, device=dev)
+    kernel = _merge_kernel(dev)
     # l2 travels with its squared norms in one message so that both are the owner's exact values
     own = x if sqn is None else torch.cat([x, sqn.unsqueeze(1)], 1)
     blk = own
@@ -350,7 +371,8 @@ def knn_graph(local_features, k: int = 10, *, group=None, metric: str = "cosine"
             pending = (dist.batch_isend_irecv(ops) if ops else [], incoming)
         if n and blk.shape[0]:
             feats, norms = (blk, None) if sqn is None else (blk[:, :d], blk[:, d])
-            _merge_block(x, sqn, feats, norms, int(offsets[owner]), row_start, exclude_self, tile, sims, idx)
+            _merge_block(x, sqn, feats, norms, int(offsets[owner]), row_start, exclude_self, tile, sims, idx,
+                         kernel)
         if pending is not None:
             for req in pending[0]:
                 req.wait()
@@ -376,7 +398,7 @@ def knn_graph(local_features, k: int = 10, *, group=None, metric: str = "cosine"
             deg_cols = None
         out = _kg.normalized(out, deg[rows], deg_cols, normalize)
     return ShardedGraph(indptr=_kg.row_pointers(rows, n), indices=cols.to(torch.int32), values=out,
-                        row_start=row_start, num_nodes=n_total, knn_indices=idx.to(torch.int32),
+                        row_start=row_start, num_nodes=n_total, knn_indices=idx,
                         knn_similarities=sims)
 
 
@@ -419,11 +441,9 @@ class _ShardOperator:
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
             self.matrix = torch.sparse_csr_tensor(graph.indptr, self.halo.local_ids(cols), graph.values,
                                                   (self.n, width), check_invariants=False)
-        self.gathers = 0
 
     def __matmul__(self, z: Tensor) -> Tensor:
         ext = self.halo.gather(z)
-        self.gathers += 1
         # the gather is collective: a rank without rows still serves its part of it
         return self.matrix @ ext if self.n else z.new_zeros(z.shape)
 

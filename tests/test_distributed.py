@@ -79,6 +79,8 @@ def _labels(n=240, seed=1):
 def _graph_worker(rank, world, cases):
     x = _features()
     for sizes, options in cases:
+        # the compiled merge kernel (cpp) and the torch merge the numba / torch backends fall back to
+        os.environ["PYSD_BACKEND"] = options.pop("backend", "cpp")
         whole = pysd.knn_graph(x, 8, **options)
         lo, hi = _split(x.shape[0], world, sizes)[rank]
         part = pysd.distributed.knn_graph(x[lo:hi], 8, **options)
@@ -174,7 +176,9 @@ def _mismatch_worker(rank, world):
 @pytest.mark.parametrize("world,cases", [
     (2, [(None, {}), ([0, 240], dict(metric="ip", power=1.0, normalize=None))]),
     (3, [([100, 0, 140], dict(metric="ip", power=1.0, symmetrize="max", normalize="rw")),
-         ([7, 200, 33], dict(metric="l2", symmetrize="none", exclude_self=False, tile=(16, 24)))]),
+         ([7, 200, 33], dict(metric="l2", symmetrize="none", exclude_self=False, tile=(16, 24))),
+         ([60, 60, 120], dict(backend="torch", tile=(32, 40))),
+         ([0, 200, 40], dict(backend="numba", metric="l2", normalize="rw", tile=(16, 24)))]),
 ])
 def test_knn_graph_matches_single_process(world, cases):
     spawn(_graph_worker, world, cases)
