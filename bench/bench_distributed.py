@@ -69,6 +69,7 @@ def _worker(rank, world, port, out):
         single = (t1 - t0, time.perf_counter() - t1)
     if rank == 0:
         out.put((float(stats[0]), float(stats[1]), int(sent[0]), int(sent[1]), single))
+    dist.barrier()
     dist.destroy_process_group()
 
 

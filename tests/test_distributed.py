@@ -32,6 +32,8 @@ def _worker(rank, world, port, fn, args, errors):
                             timeout=timedelta(seconds=60))
     try:
         fn(rank, world, *args)
+        # no rank tears its connections down while a peer may still be finishing a transfer
+        dist.barrier()
     except BaseException:
         errors.put((rank, traceback.format_exc()))
         raise
