@@ -9,6 +9,7 @@ Public API (see README.md and DESIGN.md):
 * :func:`knn_graph` → :class:`Graph`: exact kNN graph with the LP-DeepSSL affinity recipe.
 * :func:`propagate` / :class:`Propagation`: label propagation over a sparse graph (:class:`Graph`).
 * :func:`small_loss_mask`, :func:`gmm_clean_prob`: small-loss sample selection.
+* :mod:`pysd.distributed`: the loss normalizer, kNN graph and propagation over ``torch.distributed`` row shards.
 * :func:`info`: backends, build configuration and versions.
 """
 
@@ -28,6 +29,7 @@ from .ops.selection import gmm_clean_prob, small_loss_mask  # noqa: E402
 from . import nn  # noqa: E402
 from . import theory  # noqa: E402
 from . import recipes  # noqa: E402
+from . import distributed  # noqa: E402
 
 
 def info() -> dict:
@@ -36,4 +38,4 @@ def info() -> dict:
 
 
 __all__ = ["kd_loss", "partial_labels", "knn_graph", "Graph", "propagate", "Propagation", "small_loss_mask",
-           "gmm_clean_prob", "nn", "theory", "recipes", "info", "BackendError", "__version__"]
+           "gmm_clean_prob", "nn", "theory", "recipes", "distributed", "info", "BackendError", "__version__"]

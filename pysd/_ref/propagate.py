@@ -24,13 +24,21 @@ def _matrix(indptr: Tensor, indices: Tensor, values: Tensor) -> Tensor:
         return torch.sparse_csr_tensor(indptr, indices.to(torch.int64), values, (n, n), check_invariants=False)
 
 
-def cg(S: Tensor, b: Tensor, alpha: float, max_iter: int, tol: float):
-    """Per-column CG on ``(I - alpha S) X = B``; returns X, ||r||/||b|| (C,), iterations."""
+def _local(t: Tensor) -> Tensor:
+    return t
+
+
+def cg(S, b: Tensor, alpha: float, max_iter: int, tol: float, reduce=_local):
+    """Per-column CG on ``(I - alpha S) X = B``; returns X, ||r||/||b|| (C,), iterations.
+
+    ``S`` is anything with ``S @ p``; ``reduce`` completes a ``(C,)`` float64 column sum over the rows
+    (identity here; an all-reduce when the rows are sharded over ranks, so the scalars are global).
+    """
     f64 = torch.float64
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
-    rho = (b.to(f64) ** 2).sum(0)
+    rho = reduce((b.to(f64) ** 2).sum(0))
     bnorm = rho.sqrt()
     atol = tol * bnorm
     active = (bnorm != 0) & ~(bnorm < atol)
@@ -39,12 +47,12 @@ def cg(S: Tensor, b: Tensor, alpha: float, max_iter: int, tol: float):
         if not bool(active.any()):
             break
         q = p - alpha * (S @ p)
-        pq = (p.to(f64) * q.to(f64)).sum(0)
+        pq = reduce((p.to(f64) * q.to(f64)).sum(0))
         active &= pq != 0
         a = torch.where(active, rho / torch.where(active, pq, 1.0), 0.0)
         x += a.to(x.dtype) * p
         r -= a.to(r.dtype) * q
-        rr = (r.to(f64) ** 2).sum(0)
+        rr = reduce((r.to(f64) ** 2).sum(0))
         beta = torch.where(active, rr / rho, 0.0)
         rho = torch.where(active, rr, rho)
         active &= ~(rr.sqrt() < atol)
@@ -57,18 +65,22 @@ def cg(S: Tensor, b: Tensor, alpha: float, max_iter: int, tol: float):
     return x, residual, it
 
 
-def iterate(S: Tensor, y: Tensor, alpha: float, max_iter: int, tol: float):
-    """Zhou steps ``Z <- alpha S Z + Y`` from Z0 = Y; returns Z, ||dZ||/||Y|| (C,), iterations, flips."""
+def iterate(S, y: Tensor, alpha: float, max_iter: int, tol: float, reduce=_local):
+    """Zhou steps ``Z <- alpha S Z + Y`` from Z0 = Y; returns Z, ||dZ||/||Y|| (C,), iterations, flips.
+
+    ``S`` and ``reduce`` as in :func:`cg` (``reduce`` also sums the flip count).
+    """
     f64 = torch.float64
-    ynorm = (y.to(f64) ** 2).sum(0).sqrt()
+    ynorm = reduce((y.to(f64) ** 2).sum(0)).sqrt()
     z = y.clone()
     residual = torch.zeros_like(ynorm)
     it = flips = 0
     for step in range(max_iter):
         zn = alpha * (S @ z) + y
-        dnorm = ((zn.to(f64) - z.to(f64)) ** 2).sum(0).sqrt()
+        dnorm = reduce(((zn.to(f64) - z.to(f64)) ** 2).sum(0)).sqrt()
         residual = torch.where(ynorm > 0, dnorm / torch.where(ynorm > 0, ynorm, 1.0), 0.0)
-        flips = int((zn.argmax(1) != z.argmax(1)).sum()) if z.shape[1] else 0
+        changed = (zn.argmax(1) != z.argmax(1)).sum(dtype=f64) if z.shape[1] else y.new_zeros((), dtype=f64)
+        flips = int(reduce(changed.reshape(1)))
         z = zn
         it = step + 1
         if bool(((ynorm == 0) | (dnorm < tol * ynorm)).all()):
@@ -76,7 +88,7 @@ def iterate(S: Tensor, y: Tensor, alpha: float, max_iter: int, tol: float):
     return z, residual, it, flips
 
 
-def postprocess(S: Tensor, z: Tensor, given: Tensor):
+def postprocess(S, z: Tensor, given: Tensor):
     """Row outputs of ``pysd/propagate.h::row_finish`` plus the neighbours-only scores."""
     n, c = z.shape
     zp = z.clamp_min(0)

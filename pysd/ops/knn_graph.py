@@ -131,40 +131,71 @@ def _faiss_topk(x: Tensor, k: int, metric: str, exclude_self: bool, nprobe: Opti
 # --------------------------------------------------------------------------- graph recipe
 
 
-def _affinity(sims: Tensor, metric: str, power: float) -> Tensor:
+def _affinity(sims: Tensor, metric: str, power: float, scale: Optional[Tensor] = None) -> Tensor:
+    """Edge weights from the ``(n, k)`` similarities; for l2 ``scale`` is the mean squared distance to
+    the k-th neighbour over all rows (computed from ``sims`` when None; a sharded caller reduces it)."""
     if metric == "l2":
         d2 = (-sims).clamp(min=0)
-        scale = d2[:, -1].mean()
+        if scale is None:
+            scale = d2[:, -1].mean()
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return torch.exp(-power * d2 / scale)
     return sims.clamp(min=0).pow(power)
 
 
-def build_csr(idx: Tensor, weights: Tensor, n: int, symmetrize: str, normalize: Optional[str]) -> Tuple[Tensor, ...]:
-    """``(indptr int64, indices int32, values)`` of the graph with edges ``i -> idx[i, :]`` weighted
-    ``weights``: diagonal and zero weights dropped, symmetrized, normalised.  Sort-based, O(N k)."""
-    k = idx.shape[1]
-    rows = torch.arange(n, device=idx.device).repeat_interleave(k)
+def edge_list(idx: Tensor, weights: Tensor, row_start: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(rows, cols, values)`` of the edges ``row_start + i -> idx[i, :]``: rows and cols int64
+    ``(E,)`` (global ids), self loops and zero weights dropped."""
+    n, k = idx.shape
+    rows = torch.arange(row_start, row_start + n, device=idx.device).repeat_interleave(k)
     cols = idx.reshape(-1).to(torch.int64)
     vals = weights.reshape(-1)
     keep = (rows != cols) & (vals != 0)
-    rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    if symmetrize != "none":
-        rows, cols, vals = torch.cat([rows, cols]), torch.cat([cols, rows]), torch.cat([vals, vals])
-    keys, inverse = torch.unique(rows * n + cols, sorted=True, return_inverse=True)
+    return rows[keep], cols[keep], vals[keep]
+
+
+def coalesce(rows: Tensor, cols: Tensor, vals: Tensor, n_cols: int, symmetrize: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """Duplicate ``(row, col)`` entries combined (max for ``symmetrize="max"``, else summed), sorted
+    by row then column: ``(rows int64, cols int64, values)``."""
+    keys, inverse = torch.unique(rows * n_cols + cols, sorted=True, return_inverse=True)
     out = vals.new_zeros(keys.numel())
     if symmetrize == "max":
         out.scatter_reduce_(0, inverse, vals, "amax", include_self=False)
     else:
         out.index_add_(0, inverse, vals)
-    rows, cols = keys // n, keys % n
-    if normalize is not None:
-        deg = out.new_zeros(n).index_add_(0, rows, out)
-        deg = torch.where(deg > 0, deg, torch.ones_like(deg))
-        out = out / (deg.sqrt()[rows] * deg.sqrt()[cols]) if normalize == "sym" else out / deg[rows]
-    indptr = torch.zeros(n + 1, dtype=torch.int64, device=idx.device)
+    return keys // n_cols, keys % n_cols, out
+
+
+def degrees(rows: Tensor, vals: Tensor, n: int) -> Tensor:
+    """``(n,)`` row sums of the coalesced entries, a zero degree counted as 1."""
+    deg = vals.new_zeros(n).index_add_(0, rows, vals)
+    return torch.where(deg > 0, deg, torch.ones_like(deg))
+
+
+def normalized(vals: Tensor, deg_rows: Tensor, deg_cols: Tensor, normalize: str) -> Tensor:
+    """Entries of ``D^-1/2 W D^-1/2`` (``"sym"``) or ``D^-1 W`` (``"rw"``) from each entry's row and
+    column degrees."""
+    return vals / (deg_rows.sqrt() * deg_cols.sqrt()) if normalize == "sym" else vals / deg_rows
+
+
+def row_pointers(rows: Tensor, n: int) -> Tensor:
+    """``(n + 1,)`` int64 CSR row pointers of the row-sorted entries ``rows`` (local ids)."""
+    indptr = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
     indptr[1:] = torch.bincount(rows, minlength=n).cumsum(0)
-    return indptr, cols.to(torch.int32), out
+    return indptr
+
+
+def build_csr(idx: Tensor, weights: Tensor, n: int, symmetrize: str, normalize: Optional[str]) -> Tuple[Tensor, ...]:
+    """``(indptr int64, indices int32, values)`` of the graph with edges ``i -> idx[i, :]`` weighted
+    ``weights``: diagonal and zero weights dropped, symmetrized, normalised.  Sort-based, O(N k)."""
+    rows, cols, vals = edge_list(idx, weights)
+    if symmetrize != "none":
+        rows, cols, vals = torch.cat([rows, cols]), torch.cat([cols, rows]), torch.cat([vals, vals])
+    rows, cols, out = coalesce(rows, cols, vals, n, symmetrize)
+    if normalize is not None:
+        deg = degrees(rows, out, n)
+        out = normalized(out, deg[rows], deg[cols], normalize)
+    return row_pointers(rows, n), cols.to(torch.int32), out
 
 
 # --------------------------------------------------------------------------- validation

@@ -141,19 +141,21 @@ def _isolated(g: Graph) -> Tensor:
     return (nz[g.indptr[1:]] - nz[g.indptr[:-1]]) == 0
 
 
-def _seeds(lab: Tensor, soft: bool, c: int, seed: Tensor, w: Tensor, class_mass_norm: bool, dtype) -> Tensor:
+def _seeds(lab: Tensor, soft: bool, c: int, seed: Tensor, w: Tensor, class_mass_norm: bool, dtype,
+           reduce=lambda mass: mass) -> Tensor:
+    """``(N, C)`` seed matrix; ``reduce`` completes the ``(C,)`` class masses over row shards."""
     n = lab.shape[0]
     if soft:
         y = lab.to(dtype) * (w * seed).unsqueeze(1)
         if class_mass_norm:
-            mass = y.sum(0)
+            mass = reduce(y.sum(0))
             y /= torch.where(mass > 0, mass, 1.0)
         return y
     rows = seed.nonzero().squeeze(1)
     cls = lab[rows]
     wv = w[rows]
     if class_mass_norm:
-        mass = torch.zeros(c, dtype=dtype, device=lab.device).index_add_(0, cls, wv)
+        mass = reduce(torch.zeros(c, dtype=dtype, device=lab.device).index_add_(0, cls, wv))
         wv = torch.where(mass[cls] > 0, wv / torch.where(mass[cls] > 0, mass[cls], 1.0), 0.0)
     y = torch.zeros((n, c), dtype=dtype, device=lab.device)
     y[rows, cls] = wv

@@ -1,0 +1,206 @@
+"""pysd.distributed on 2 and 3 gloo ranks on the CPU, spawned with torch.multiprocessing: every result
+equals the single-process op on the concatenated rows."""
+
+import os
+import socket
+import sys
+import traceback
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import pysd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, fn, args, errors):
+    sys.path.insert(0, ROOT)  # the worktree's pysd, not an installed one
+    torch.set_num_threads(1)
+    torch.manual_seed(0)  # identical model initialisation on every rank
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
+    try:
+        fn(rank, world, *args)
+        # no rank tears its connections down while a peer may still be finishing a transfer
+        dist.barrier()
+    except BaseException:
+        errors.put((rank, traceback.format_exc()))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn, world, *args):
+    """Runs ``fn(rank, world, *args)`` on ``world`` gloo ranks; fails with the ranks' tracebacks."""
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    try:
+        mp.spawn(_worker, args=(world, _free_port(), fn, args, errors), nprocs=world, join=True)
+    except mp.ProcessRaisedException:
+        pass
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    assert not failures, "\n".join(f"rank {r}:\n{tb}" for r, tb in sorted(failures))
+
+
+def _split(n, world, sizes=None):
+    sizes = sizes or [n // world + (r < n % world) for r in range(world)]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    return [(int(starts[r]), int(starts[r + 1])) for r in range(world)]
+
+
+def _features(n=240, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(4, d, generator=g) * 3
+    return centres[torch.arange(n) % 4] + torch.randn(n, d, generator=g)
+
+
+def _labels(n=240, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    noisy = torch.rand(n, generator=g) < 0.2
+    y = torch.where(noisy, torch.randint(0, 4, (n,), generator=g), y)
+    return torch.where(torch.rand(n, generator=g) < 0.5, y, -1)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _graph_worker(rank, world, cases):
+    x = _features()
+    for sizes, options in cases:
+        # the compiled merge kernel (cpp) and the torch merge the numba / torch backends fall back to
+        os.environ["PYSD_BACKEND"] = options.pop("backend", "cpp")
+        whole = pysd.knn_graph(x, 8, **options)
+        lo, hi = _split(x.shape[0], world, sizes)[rank]
+        part = pysd.distributed.knn_graph(x[lo:hi], 8, **options)
+        assert (part.row_start, part.num_rows, part.num_nodes) == (lo, hi - lo, x.shape[0])
+        assert torch.equal(part.knn_indices, whole.knn_indices[lo:hi])
+        # l2 similarities carry cancellation error of order eps |x|^2 (|x|^2 ~ 200 here)
+        torch.testing.assert_close(part.knn_similarities, whole.knn_similarities[lo:hi], rtol=1e-5, atol=1e-3)
+        ref = whole.to_scipy()[lo:hi]
+        got = part.to_scipy()
+        assert np.array_equal(got.indptr, ref.indptr) and np.array_equal(got.indices, ref.indices)
+        np.testing.assert_allclose(got.data, ref.data, rtol=1e-4, atol=1e-6)
+
+
+def _propagate_worker(rank, world, cases):
+    x, y = _features(), _labels()
+    graph = pysd.knn_graph(x, 8)
+    for sizes, solver, options in cases:
+        kwargs = dict(solver=solver, max_iter=30, tol=1e-5, **options)
+        whole = pysd.propagate(graph, y, **kwargs)
+        lo, hi = _split(x.shape[0], world, sizes)[rank]
+        shard = pysd.distributed.ShardedGraph.from_graph(graph, lo, hi)
+        part = pysd.distributed.propagate(shard, y[lo:hi], **kwargs)
+        assert part.iterations == whole.iterations and part.flips == whole.flips
+        for name in ("raw_scores", "scores", "oos_scores", "confidence", "entropy_weight"):
+            torch.testing.assert_close(getattr(part, name), getattr(whole, name)[lo:hi], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(part.residual, whole.residual, rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(part.class_weight, whole.class_weight)
+        assert torch.equal(part.labels, whole.labels[lo:hi])
+        mine = whole.issues[(whole.issues >= lo) & (whole.issues < hi)]
+        assert sorted(part.issues.tolist()) == sorted(mine.tolist())
+
+
+def _pipeline_worker(rank, world):
+    """Sharded graph straight into sharded propagation, with a rank holding no rows."""
+    x, y = _features(), _labels()
+    whole = pysd.propagate(pysd.knn_graph(x, 8, metric="l2", symmetrize="max"), y, solver="iterate", max_iter=15)
+    lo, hi = _split(x.shape[0], world, [150, 0, 90])[rank]
+    part = pysd.distributed.propagate(pysd.distributed.knn_graph(x[lo:hi], 8, metric="l2", symmetrize="max"),
+                                      y[lo:hi], solver="iterate", max_iter=15)
+    torch.testing.assert_close(part.scores, whole.scores[lo:hi], rtol=1e-4, atol=1e-5)
+    assert part.iterations == whole.iterations
+
+
+def _loss_worker(rank, world):
+    """DDP (which averages gradients) with normalizer global / world equals one process over all rows."""
+    g = torch.Generator().manual_seed(0)
+    n, d, c = 60, 5, 7
+    x, teacher = torch.randn(n, d, generator=g), torch.randn(n, c, generator=g)
+    target = torch.randint(0, c, (n,), generator=g)
+    target[torch.rand(n, generator=g) < 0.3] = -100
+    target[:20] = -100  # rank 0's rows are mostly ignored: the ranks' counts differ a lot
+    weight = torch.rand(n, generator=g)
+    lin = torch.nn.Linear(d, c)
+    kw = dict(hard_weight=0.5, temperature=2.0)
+    ref = torch.nn.Linear(d, c)
+    ref.load_state_dict(lin.state_dict())
+    pysd.kd_loss(ref(x), teacher, target, weight=weight, **kw).backward()
+    ddp = torch.nn.parallel.DistributedDataParallel(lin)
+    lo, hi = _split(n, world)[rank]
+    norm = pysd.distributed.global_normalizer(target[lo:hi], weight=weight[lo:hi]) / world
+    torch.testing.assert_close(norm * world, (weight * (target != -100)).sum().double())
+    pysd.kd_loss(ddp(x[lo:hi]), teacher[lo:hi], target[lo:hi], weight=weight[lo:hi], normalizer=norm,
+                 **kw).backward()
+    for a, b in zip(lin.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+    count = pysd.distributed.global_normalizer(target[lo:hi])
+    assert count.dtype == torch.float64 and float(count) == float((target != -100).sum())
+
+
+def _mismatch_worker(rank, world):
+    x = _features(60)[rank * 20:(rank + 1) * 20]
+    with pytest.raises(ValueError, match="configuration differs across ranks"):
+        pysd.distributed.knn_graph(x, 5 + rank)
+    bad = x.clone()
+    if rank == 1:
+        bad[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="rank 1: knn_graph: features must be finite"):
+        pysd.distributed.knn_graph(bad, 5)
+    graph = pysd.distributed.knn_graph(x, 5)
+    y = _labels(60)[rank * 20:(rank + 1) * 20]
+    with pytest.raises(ValueError, match="configuration differs across ranks"):
+        pysd.distributed.propagate(graph, y, num_classes=4, alpha=0.9 if rank else 0.99)
+    # every rank raised at the same point: the group is still in step
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    assert float(t) == world
+
+
+# --------------------------------------------------------------------------- tests
+# One spawn per test (starting the ranks costs seconds); each runs several cases.
+
+
+@pytest.mark.parametrize("world,cases", [
+    (2, [(None, {}), ([0, 240], dict(metric="ip", power=1.0, normalize=None))]),
+    (3, [([100, 0, 140], dict(metric="ip", power=1.0, symmetrize="max", normalize="rw")),
+         ([7, 200, 33], dict(metric="l2", symmetrize="none", exclude_self=False, tile=(16, 24))),
+         ([60, 60, 120], dict(backend="torch", tile=(32, 40))),
+         ([0, 200, 40], dict(backend="numba", metric="l2", normalize="rw", tile=(16, 24)))]),
+])
+def test_knn_graph_matches_single_process(world, cases):
+    spawn(_graph_worker, world, cases)
+
+
+@pytest.mark.parametrize("world,cases", [
+    (2, [(None, "cg", {}), ([31, 209], "iterate", {})]),
+    (3, [([50, 0, 190], "cg", dict(class_mass_norm=False)), (None, "iterate", dict(num_classes=5))]),
+])
+def test_propagate_matches_single_process(world, cases):
+    spawn(_propagate_worker, world, cases)
+
+
+def test_graph_into_propagate_with_an_empty_rank():
+    spawn(_pipeline_worker, 3)
+
+
+def test_ddp_gradients_with_global_normalizer():
+    spawn(_loss_worker, 3)
+
+
+def test_mismatch_raises_on_every_rank():
+    spawn(_mismatch_worker, 3)
