@@ -285,21 +285,7 @@ def _local_features(local_features, k, metric, power, symmetrize, normalize, exc
     if isinstance(power, bool) or not isinstance(power, (int, float)) or not math.isfinite(power) or power < 0:
         raise ValueError(f"knn_graph: power must be a finite number >= 0, got {power!r}")
     tile = _kg._tile(tile, x.device.type)
-    x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-    bad = ~torch.isfinite(x).all(1)
-    if bool(bad.any()):
-        raise ValueError(f"knn_graph: features must be finite; NaN or inf in local rows {_kg._rows_list(bad)}")
-    sqn = None
-    if metric == "cosine":
-        norms = torch.linalg.vector_norm(x, dim=1)
-        if bool((norms == 0).any()):
-            raise ValueError(f"knn_graph: metric='cosine' needs non-zero rows; zero norm in local rows "
-                             f"{_kg._rows_list(norms == 0)}")
-        x = x / norms.unsqueeze(1)
-    else:
-        x = x.contiguous()
-        if metric == "l2":
-            sqn = (x * x).sum(1)
+    x, sqn = _kg.prepare_features(x, metric, rows="local rows")
     return x, sqn, tile
 
 

@@ -54,6 +54,20 @@ PYSD_INLINE void prefetch_range(const In* p, int64_t n) {
   for (int64_t j = 0; j < n; j += kLine) __builtin_prefetch(p + j, 0, 2);
 }
 
+// Gradient of an fkl / CE-only row from the exp-pass scratch rows.
+template <int TF, int CE, typename A, typename Out>
+PYSD_INLINE void fkl_grad(const Row<A>& r, const A* __restrict bz, const A* __restrict b1, const A* __restrict bu,
+                          Out* __restrict dst, int64_t n) {
+  const A cz = r.cz, c1 = r.c1, cp = r.cp, cc = r.cc;
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    A v = cz * bz[j] + cc;
+    if (CE != kCeShared) v += c1 * b1[j];
+    if (TF != kNoTeacher) v += cp * bu[j];
+    dst[j] = from_acc<Out>(v);
+  }
+}
+
 template <int TF, int CE, typename In, typename A>
 PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, int64_t next, const Scratch<In, A>& b) {
   const int64_t n = c.cols;
@@ -159,27 +173,13 @@ PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, int64_t n
       // float rows go through the scratch row and leave with streaming stores
       // (see stream_copy); the class fix-up happens before they leave.
       float* out = reinterpret_cast<float*>(bf);
-      const A cz = r.cz, c1 = r.c1, cp = r.cp, cc = r.cc;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        A v = cz * bz[j] + cc;
-        if (CE != kCeShared) v += c1 * b1[j];
-        if (TF != kNoTeacher) v += cp * bu[j];
-        out[j] = float(v);
-      }
+      fkl_grad<TF, CE>(r, bz, b1, bu, out, n);
       if (r.y >= 0 && r.y < n) out[r.y] += float(r.cy);
       if (bad_target) std::fill(out, out + n, float(NAN));
       stream_copy(reinterpret_cast<float*>(g), out, n);
       return;
     } else {
-      const A cz = r.cz, c1 = r.c1, cp = r.cp, cc = r.cc;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        A v = cz * bz[j] + cc;
-        if (CE != kCeShared) v += c1 * b1[j];
-        if (TF != kNoTeacher) v += cp * bu[j];
-        g[j] = from_acc<In>(v);
-      }
+      fkl_grad<TF, CE>(r, bz, b1, bu, g, n);
     }
     if (r.y >= 0 && r.y < n) {
       g[r.y] = from_acc<In>(A(to_float(g[r.y])) + r.cy);

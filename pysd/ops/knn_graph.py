@@ -233,6 +233,26 @@ def _tile(tile, device_type: str) -> Tuple[int, int]:
     return pair
 
 
+
+def prepare_features(x: Tensor, metric: str, rows: str = "rows") -> Tuple[Tensor, Optional[Tensor]]:
+    """Checked float32/float64 features for the search and, for l2, their squared norms.
+
+    ``x: (N, d)`` → ``(x', sqnorm)``: cosine rows are L2-normalised (a copy), others made contiguous; raises
+    ``ValueError`` naming the NaN/inf or zero-norm (cosine) rows, called ``rows`` in the message.
+    """
+    x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    bad = ~torch.isfinite(x).all(1)
+    if bool(bad.any()):
+        raise ValueError(f"knn_graph: features must be finite; NaN or inf in {rows} {_rows_list(bad)}")
+    if metric == "cosine":
+        norms = torch.linalg.vector_norm(x, dim=1)
+        zero = norms == 0
+        if bool(zero.any()):
+            raise ValueError(f"knn_graph: metric='cosine' needs non-zero rows; zero norm in {rows} {_rows_list(zero)}")
+        return x / norms.unsqueeze(1), None
+    x = x.contiguous()
+    return x, ((x * x).sum(1) if metric == "l2" else None)
+
 def knn_graph(
     features,
     k: int = 10,
@@ -333,21 +353,7 @@ def knn_graph(
         raise ValueError(f"knn_graph: nprobe must be a positive int or None, got {nprobe!r}")
     tile_rows, tile_cols = _tile(tile, x.device.type)
 
-    x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-    bad = ~torch.isfinite(x).all(1)
-    if bool(bad.any()):
-        raise ValueError(f"knn_graph: features must be finite; NaN or inf in rows {_rows_list(bad)}")
-    sqnorm = None
-    if metric == "cosine":
-        norms = torch.linalg.vector_norm(x, dim=1)
-        zero = norms == 0
-        if bool(zero.any()):
-            raise ValueError(f"knn_graph: metric='cosine' needs non-zero rows; zero norm in rows {_rows_list(zero)}")
-        x = x / norms.unsqueeze(1)
-    else:
-        x = x.contiguous()
-        if metric == "l2":
-            sqnorm = (x * x).sum(1)
+    x, sqnorm = prepare_features(x, metric)
 
     if method == "faiss":
         idx, sims = _faiss_topk(x, k, metric, exclude_self, nprobe)
