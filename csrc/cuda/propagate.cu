@@ -74,18 +74,26 @@ __device__ int64_t warp_argmax(const T* row, int64_t cols) {
   return arg;
 }
 
-template <typename T>
-__global__ void matvec_kernel(Csr<T> g, int64_t cols, T alpha, const T* p, T* q, State s) {
-  if (*s.done) return;
+// One warp per row, one lane per column: `elem(acc, ic, part_c)` receives
+// acc = (S z)[i, c], the flat index ic = i * cols + c and the warp's partial
+// sum of column c (zeroed here) for the per-column reductions.
+template <typename T, typename Elem>
+__device__ void sweep_rows(const Csr<T>& g, int64_t cols, const T* z, const State& s, Elem elem) {
   double* part = s.part + warp_id() * cols;
   for (int64_t c = lane(); c < cols; c += 32) part[c] = 0;
   for (int64_t i = warp_id(); i < g.n; i += s.warps) {
     for (int64_t c = lane(); c < cols; c += 32) {
       T acc = 0;
-      gather_row<false>(g, i, p, cols, c, 1, &acc);
-      q[i * cols + c] = cg_matvec_elem(alpha, acc, p[i * cols + c], part[c]);
+      gather_row<false>(g, i, z, cols, c, 1, &acc);
+      elem(acc, i * cols + c, part[c]);
     }
   }
+}
+
+template <typename T>
+__global__ void matvec_kernel(Csr<T> g, int64_t cols, T alpha, const T* p, T* q, State s) {
+  if (*s.done) return;
+  sweep_rows(g, cols, p, s, [&](T acc, int64_t ic, double& part) { q[ic] = cg_matvec_elem(alpha, acc, p[ic], part); });
 }
 
 template <typename T>
@@ -130,15 +138,8 @@ __global__ void cg_residual_kernel(int64_t cols, State s, double* residual) {
 template <typename T>
 __global__ void zhou_kernel(Csr<T> g, int64_t cols, T alpha, const T* y, const T* zc, T* zn, State s) {
   if (*s.done) return;
-  double* part = s.part + warp_id() * cols;
-  for (int64_t c = lane(); c < cols; c += 32) part[c] = 0;
-  for (int64_t i = warp_id(); i < g.n; i += s.warps) {
-    for (int64_t c = lane(); c < cols; c += 32) {
-      T acc = 0;
-      gather_row<false>(g, i, zc, cols, c, 1, &acc);
-      zn[i * cols + c] = zhou_elem(alpha, acc, y[i * cols + c], zc[i * cols + c], part[c]);
-    }
-  }
+  sweep_rows(g, cols, zc, s,
+             [&](T acc, int64_t ic, double& part) { zn[ic] = zhou_elem(alpha, acc, y[ic], zc[ic], part); });
 }
 
 // Rows whose argmax differs between the last two iterates (z0, z1), per warp.
