@@ -124,7 +124,7 @@ def run_pipeline(dataset="digits", noise=0.4, noise_type="sym", rounds=4, seed=0
                     "seconds": dt, "round": r}
             teacher_w = sd.weights[0].numpy()
         elif step == "closed form":
-            th = theory.sd_outputs(x_tr, noisy, k, lam, rounds, mode="linearized", test_gram=x_tr @ x_te.T,
+            th = theory.sd_outputs(x_tr, noisy, k, lam, rounds, mode="linearized", test_gram=x_te @ x_tr.T,
                                    true_labels=y_tr)
             dt = (time.perf_counter() - t0) / (rounds + 1)
             for r in range(rounds + 1):

@@ -24,6 +24,18 @@ def as_float64(x, name: str, where: str, ndim: Optional[int] = None) -> np.ndarr
     return arr
 
 
+def test_kernel(x, name: str, where: str, n: int) -> np.ndarray:
+    """``(M, N)`` kernel between test and training points (scikit-learn's orientation, as
+    ``pairwise_kernels(X_test, X_train)``) → float64 numpy; the pre-0.2 ``(N, M)`` layout is refused
+    with a hint (it cannot be told apart when ``M == N``, so it is never transposed silently)."""
+    arr = as_float64(x, name, where, ndim=2)
+    if arr.shape[1] != n:
+        hint = (f"; it looks like the old (N_train, M_test) layout: pass {name}.T"
+                if arr.shape[0] == n else "")
+        raise ValueError(f"{where}: {name} must have shape (M_test, N_train={n}), got {arr.shape}{hint}")
+    return arr
+
+
 def as_int_labels(x, name: str, where: str, n: int, num_classes: int) -> np.ndarray:
     """(N,) integer class indices in [0, num_classes) → int64 numpy array."""
     if isinstance(x, torch.Tensor):
