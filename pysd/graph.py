@@ -22,6 +22,8 @@ class Graph:
         knn_indices: ``(num_nodes, k)`` int32 raw neighbour lists from :func:`pysd.knn_graph`
             (nearest first, ties by lower index), or None for a user-supplied graph.
         knn_similarities: ``(num_nodes, k)`` similarities matching ``knn_indices``, or None.
+        metric: the similarity of ``knn_similarities`` (``"cosine"``, ``"ip"`` or ``"l2"``: the negative
+            squared distance), or None.
     """
 
     indptr: Tensor
@@ -30,6 +32,7 @@ class Graph:
     num_nodes: int
     knn_indices: Optional[Tensor] = None
     knn_similarities: Optional[Tensor] = None
+    metric: Optional[str] = None
 
     def __post_init__(self):
         n = int(self.num_nodes)
@@ -67,12 +70,36 @@ class Graph:
         return replace(self, indptr=mv(self.indptr), indices=mv(self.indices), values=mv(self.values, True),
                        knn_indices=mv(self.knn_indices), knn_similarities=mv(self.knn_similarities, True))
 
-    def to_scipy(self):
-        """``scipy.sparse.csr_matrix`` copy (on the CPU)."""
+    def to_scipy(self, mode: str = "graph"):
+        """``scipy.sparse.csr_matrix`` copy (on the CPU), ``(num_nodes, num_nodes)``.
+
+        ``mode="graph"``: the graph's CSR arrays and edge weights.  ``mode="distance"``: the raw kNN lists
+        as a distance graph, the layout of scikit-learn's ``kneighbors_graph(mode="distance")`` and of
+        cleanlab's ``Datalab.find_issues(knn_graph=...)``: exactly ``k`` entries per row, self excluded,
+        nearest first (ascending distance), zero distances stored explicitly; the distance is ``1 - s``
+        (clipped at 0) for ``metric="cosine"`` and the Euclidean distance for ``"l2"``.  Needs the lists of
+        :func:`pysd.knn_graph` (``exclude_self=True``); ``metric="ip"`` has no distance (ValueError).
+        """
         import scipy.sparse as sp
 
         n = self.num_nodes
-        return sp.csr_matrix((self.values.cpu().numpy(), self.indices.cpu().numpy(), self.indptr.cpu().numpy()),
+        if mode == "graph":
+            return sp.csr_matrix((self.values.cpu().numpy(), self.indices.cpu().numpy(),
+                                  self.indptr.cpu().numpy()), shape=(n, n))
+        if mode != "distance":
+            raise ValueError(f"Graph.to_scipy: mode must be 'graph' or 'distance', got {mode!r}")
+        if self.knn_indices is None or self.metric not in ("cosine", "l2"):
+            raise ValueError("Graph.to_scipy(mode='distance') needs the kNN lists of pysd.knn_graph with "
+                             f"metric 'cosine' or 'l2' (this graph: metric={self.metric!r}, "
+                             f"lists {'present' if self.knn_indices is not None else 'absent'})")
+        idx = self.knn_indices.cpu().to(torch.int64)
+        if bool((idx == torch.arange(n).unsqueeze(1)).any()):
+            raise ValueError("Graph.to_scipy(mode='distance'): the kNN lists include the point itself; "
+                             "build the graph with exclude_self=True")
+        sims = self.knn_similarities.detach().cpu()
+        dist = (1.0 - sims).clamp(min=0) if self.metric == "cosine" else (-sims).clamp(min=0).sqrt()
+        k = idx.shape[1]
+        return sp.csr_matrix((dist.reshape(-1).numpy(), idx.reshape(-1).numpy(), np.arange(0, n * k + 1, k)),
                              shape=(n, n))
 
     def to_torch(self) -> Tensor:

@@ -26,7 +26,7 @@ class-mass-normalised seeds).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -52,8 +52,7 @@ def _in_degree_normalized(g: Graph) -> Graph:
     rows = torch.repeat_interleave(torch.arange(g.num_nodes, device=g.device), g.indptr.diff())
     cols = g.indices.to(torch.int64)
     deg = _kg.degrees(cols, g.values, g.num_nodes)
-    return Graph(indptr=g.indptr, indices=g.indices, values=_kg.normalized(g.values, deg[rows], deg[cols], "sym"),
-                 num_nodes=g.num_nodes, knn_indices=g.knn_indices, knn_similarities=g.knn_similarities)
+    return replace(g, values=_kg.normalized(g.values, deg[rows], deg[cols], "sym"))
 
 
 def _labelled(y: np.ndarray) -> np.ndarray:

@@ -313,7 +313,8 @@ def knn_graph(
     Returns:
         :class:`pysd.Graph` on the input's device: CSR ``indptr (N+1,)`` int64, ``indices
         (nnz,)`` int32 (sorted per row), ``values (nnz,)`` float32 / float64, and the raw lists
-        ``knn_indices (N, k)`` int32 and ``knn_similarities (N, k)`` (best first).
+        ``knn_indices (N, k)`` int32 and ``knn_similarities (N, k)`` (best first), with ``metric``
+        (``graph.to_scipy(mode="distance")`` turns the lists into a kNN distance graph).
 
     Memory: with cosine a normalised copy of the features ``(N, d)``; with l2 the squared
     norms ``(N,)``; the lists ``(N, k)`` int32 + float; one tile ``(rows, cols)`` float (32 MB
@@ -361,4 +362,4 @@ def knn_graph(
         idx, sims = _knn_topk_op(x, sqnorm, k, exclude_self, tile_rows, tile_cols)
     indptr, indices, values = build_csr(idx, _affinity(sims, metric, float(power)), n, symmetrize, normalize)
     return Graph(indptr=indptr, indices=indices, values=values, num_nodes=n, knn_indices=idx,
-                 knn_similarities=sims)
+                 knn_similarities=sims, metric=metric)
