@@ -3,12 +3,11 @@ with pysd's ranking on a seeded noisy data set, and Datalab takes pysd's kNN gra
 
 import numpy as np
 import pytest
+from cleanlab.filter import find_label_issues  # the test extra installs cleanlab[datalab]
 from sklearn.datasets import load_digits
 
 import pysd
 from readme_blocks import run_section
-
-from cleanlab.filter import find_label_issues  # the test extra installs cleanlab[datalab]
 
 
 @pytest.fixture(scope="module")
