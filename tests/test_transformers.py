@@ -3,9 +3,11 @@ download): the loss falls, and with gradient accumulation its gradients equal a 
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+import pysd
 from readme_blocks import run_section
 
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # the test extra has it
@@ -120,3 +122,23 @@ def test_readme_section_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)                             # the snippet's output_dir
     scope = run_section("Use with Hugging Face")
     assert scope["trainer"].state.global_step > 0
+
+
+@pytest.mark.skipif(not hasattr(pysd, "fused_linear_kd_loss"),
+                    reason="pysd.fused_linear_kd_loss arrives with issue 11 (branch llm); remove this mark then")
+def test_fused_path_equals_dense_path(tmp_path):
+    teacher, student = tiny_llama(5, hidden=48, layers=2), tiny_llama(6)
+    args = _args(tmp_path, gradient_accumulation_steps=2)
+    data = TokenData(8, seed=1)
+    batches = [torch.utils.data.default_collate([data[i] for i in rows]) for rows in (range(4), range(4, 8))]
+    n_items = sum((b["labels"][:, 1:] != -100).sum() for b in batches)
+    trainers = [DistillationTrainer(model=copy.deepcopy(student), args=args, train_dataset=data,
+                                    teacher_model=teacher, fused=fused, chunk_size=7, **OPTIONS)
+                for fused in (False, True)]
+    losses = []
+    for trainer in trainers:
+        trainer.model.train()
+        losses.append([trainer.training_step(trainer.model, dict(b), n_items) for b in batches])
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(trainers[1].model.parameters(), trainers[0].model.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
