@@ -71,9 +71,10 @@ class Graph:
                        knn_indices=mv(self.knn_indices), knn_similarities=mv(self.knn_similarities, True))
 
     def to_scipy(self, mode: str = "graph"):
-        """``scipy.sparse.csr_matrix`` copy (on the CPU), ``(num_nodes, num_nodes)``.
+        """``scipy.sparse.csr_matrix`` ``(num_nodes, num_nodes)`` on the CPU.
 
-        ``mode="graph"``: the graph's CSR arrays and edge weights.  ``mode="distance"``: the raw kNN lists
+        ``mode="graph"``: the graph's CSR arrays and edge weights; for a CPU graph ``data`` and ``indices``
+        share the graph's memory (no copy; ``indptr`` takes scipy's index dtype), a GPU graph is copied.  ``mode="distance"``: the raw kNN lists
         as a distance graph, the layout of scikit-learn's ``kneighbors_graph(mode="distance")`` and of
         cleanlab's ``Datalab.find_issues(knn_graph=...)``: exactly ``k`` entries per row, self excluded,
         nearest first (ascending distance), zero distances stored explicitly; the distance is ``1 - s``
@@ -125,6 +126,39 @@ class Graph:
                    values=torch.from_numpy(m.data).to(dtype=dtype, device=device),
                    num_nodes=int(m.shape[0]))
 
+    def to_cupy(self):
+        """``cupyx.scipy.sparse.csr_matrix`` over the same GPU memory (DLPack; ``data`` and ``indices`` are
+        not copied, ``indptr`` becomes CuPy's int32).  Needs CuPy (``pip install "pysd[cupy]"``) and a graph
+        on a CUDA device (``graph.to("cuda")``)."""
+        if self.device.type != "cuda":
+            raise ValueError(f"Graph.to_cupy: the graph is on {self.device}; move it with graph.to('cuda') first")
+        import cupy
+        import cupyx.scipy.sparse as csp
+
+        n = self.num_nodes
+        return csp.csr_matrix((cupy.from_dlpack(self.values.detach()), cupy.from_dlpack(self.indices),
+                               cupy.from_dlpack(self.indptr)), shape=(n, n))
+
+    @classmethod
+    def from_cupy(cls, matrix, dtype: Optional[torch.dtype] = None) -> "Graph":
+        """From a square ``cupyx.scipy.sparse`` matrix, on its GPU (converted to CSR with summed duplicates
+        and sorted indices in a copy; the arrays then cross to torch through DLPack).  ``dtype``: float32 /
+        float64 (default: the matrix's when it is one of them, else float32)."""
+        import cupyx.scipy.sparse as csp
+
+        if not csp.issparse(matrix):
+            raise TypeError(f"Graph.from_cupy: expected a cupyx.scipy.sparse matrix, got {type(matrix).__name__}")
+        if matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"Graph.from_cupy: the matrix must be square, got shape {matrix.shape}")
+        m = matrix.tocsr(copy=True)
+        m.sum_duplicates()
+        m.sort_indices()
+        values = torch.from_dlpack(m.data)
+        if dtype is None:
+            dtype = values.dtype if values.dtype in (torch.float32, torch.float64) else torch.float32
+        return cls(indptr=torch.from_dlpack(m.indptr).to(torch.int64), indices=torch.from_dlpack(m.indices).to(
+            torch.int32), values=values.to(dtype), num_nodes=int(m.shape[0]))
+
     @classmethod
     def from_torch(cls, matrix: Tensor, dtype: Optional[torch.dtype] = None) -> "Graph":
         """From a square torch sparse tensor (COO or CSR)."""
@@ -141,11 +175,13 @@ class Graph:
 
     @classmethod
     def coerce(cls, graph, dtype: Optional[torch.dtype] = None) -> "Graph":
-        """Accept a Graph, a scipy sparse matrix or a torch sparse tensor."""
+        """Accept a Graph, a scipy sparse matrix, a cupyx.scipy.sparse matrix or a torch sparse tensor."""
         if isinstance(graph, Graph):
             return graph if dtype is None or graph.dtype == dtype else graph.to(dtype=dtype)
         if isinstance(graph, Tensor):
             return cls.from_torch(graph, dtype)
+        if type(graph).__module__.startswith("cupyx."):
+            return cls.from_cupy(graph, dtype)
         try:
             import scipy.sparse as sp
 
@@ -153,7 +189,8 @@ class Graph:
                 return cls.from_scipy(graph, dtype or torch.float32)
         except ImportError:
             pass
-        raise TypeError(f"expected a pysd.Graph, scipy sparse matrix or torch sparse tensor, got {type(graph).__name__}")
+        raise TypeError(f"expected a pysd.Graph, scipy / cupyx sparse matrix or torch sparse tensor, "
+                        f"got {type(graph).__name__}")
 
     def __repr__(self) -> str:
         k = "" if self.knn_indices is None else f", k={self.knn_indices.shape[1]}"
