@@ -92,8 +92,9 @@ class GraphLabelSpreading(ClassifierMixin, BaseEstimator):
         n_iter_: solver iterations.  n_features_in_, feature_names_in_: as scikit-learn.
 
     Memory: ``fit`` as :func:`pysd.knn_graph` plus :func:`pysd.propagate`; keeps ``X_`` and a prepared copy
-    of it (normalised rows for cosine).  ``predict_proba`` holds one ``(block, N)`` similarity slab of
-    ``2**22`` elements and the ``(M, n_neighbors)`` neighbour lists.
+    of it (normalised rows for cosine).  ``predict_proba`` works in blocks of query rows: one ``(block, N)``
+    similarity slab of about ``2**22`` elements and the block's ``(block, n_neighbors, C)`` gathered
+    distributions, besides its ``(M, C)`` result.
     """
 
     def __init__(self, n_neighbors: int = 10, *, include_self: bool = False, metric: str = "cosine",
@@ -159,30 +160,25 @@ class GraphLabelSpreading(ClassifierMixin, BaseEstimator):
         return self
 
     def _neighbours(self, q: torch.Tensor, q_sqnorm):
-        """Exact ``(M, n_neighbors)`` nearest training points of the prepared queries ``q`` (best first,
-        ties to the lower index, as :func:`pysd.knn_graph`) and their similarities."""
-        x, k, n = self._train, int(self.n_neighbors), self._train.shape[0]
-        block = max(1, _QUERY_BLOCK_ELEMENTS // n)
-        idx, sims = [], []
-        for i0 in range(0, q.shape[0], block):
-            s = q[i0:i0 + block] @ x.T
-            if q_sqnorm is not None:
-                s = 2 * s - q_sqnorm[i0:i0 + block, None] - self._train_sqnorm[None, :]
-            vals, ids = torch.topk(s, k, dim=1)
-            kth = vals[:, -1:]
-            tied = ((s >= kth).sum(1) > k).nonzero().squeeze(1)     # rows with ties across the k-th place
-            if tied.numel():
-                st, kt = s[tied], kth[tied]
-                above = st > kt
-                first = (st == kt) & (torch.cumsum(st == kt, 1) <= k - above.sum(1, keepdim=True))
-                ids[tied] = (above | first).nonzero()[:, 1].view(-1, k)
-                vals[tied] = st.gather(1, ids[tied])
-            ids, by_index = torch.sort(ids, dim=1)
-            vals = vals.gather(1, by_index)
-            order = torch.sort(vals, dim=1, descending=True, stable=True).indices
-            idx.append(ids.gather(1, order))
-            sims.append(vals.gather(1, order))
-        return torch.cat(idx), torch.cat(sims)
+        """Exact ``(m, n_neighbors)`` nearest training points of the prepared queries ``q`` (best first, ties
+        to the lower index, as :func:`pysd.knn_graph`) and their similarities."""
+        k = int(self.n_neighbors)
+        s = q @ self._train.T
+        if q_sqnorm is not None:
+            s = 2 * s - q_sqnorm[:, None] - self._train_sqnorm[None, :]
+        vals, ids = torch.topk(s, k, dim=1)
+        kth = vals[:, -1:]
+        tied = ((s >= kth).sum(1) > k).nonzero().squeeze(1)     # rows with ties across the k-th place
+        if tied.numel():
+            st, kt = s[tied], kth[tied]
+            above = st > kt
+            first = (st == kt) & (torch.cumsum(st == kt, 1) <= k - above.sum(1, keepdim=True))
+            ids[tied] = (above | first).nonzero()[:, 1].view(-1, k)
+            vals[tied] = st.gather(1, ids[tied])
+        ids, by_index = torch.sort(ids, dim=1)
+        vals = vals.gather(1, by_index)
+        order = torch.sort(vals, dim=1, descending=True, stable=True).indices
+        return ids.gather(1, order), vals.gather(1, order)
 
     def predict_proba(self, X) -> np.ndarray:
         """``(M, C)`` class probabilities of new points ``X: (M, d)``: the affinity-weighted mean of
@@ -193,12 +189,15 @@ class GraphLabelSpreading(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         q, q_sqnorm = _kg.prepare_features(torch.from_numpy(X.astype(self._train.numpy().dtype, copy=True)),
                                            self.metric, rows="rows of X")
-        idx, sims = self._neighbours(q, q_sqnorm)
-        w = _kg._affinity(sims, self.metric, float(self.power), self._l2_scale).numpy()
-        p = np.einsum("mk,mkc->mc", w, self.label_distributions_[idx.numpy()])
-        mass = p.sum(1, keepdims=True)
-        c = len(self.classes_)
-        return np.where(mass > 0, p / np.where(mass > 0, mass, 1.0), 1.0 / c)
+        out = np.empty((X.shape[0], len(self.classes_)))
+        block = max(1, _QUERY_BLOCK_ELEMENTS // self._train.shape[0])
+        for i0 in range(0, X.shape[0], block):
+            rows = slice(i0, i0 + block)
+            idx, sims = self._neighbours(q[rows], None if q_sqnorm is None else q_sqnorm[rows])
+            w = _kg._affinity(sims, self.metric, float(self.power), self._l2_scale).numpy()
+            out[rows] = np.einsum("mk,mkc->mc", w, self.label_distributions_[idx.numpy()])
+        mass = out.sum(1, keepdims=True)
+        return np.where(mass > 0, out / np.where(mass > 0, mass, 1.0), 1.0 / len(self.classes_))
 
     def predict(self, X) -> np.ndarray:
         """``(M,)`` ``classes_[argmax predict_proba(X)]`` (first maximum)."""
