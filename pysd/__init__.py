@@ -11,6 +11,8 @@ Public API (see README.md and DESIGN.md):
 * :func:`small_loss_mask`, :func:`gmm_clean_prob`: small-loss sample selection.
 * :mod:`pysd.distributed`: the loss normalizer, kNN graph and propagation over ``torch.distributed`` row shards.
 * :func:`info`: backends, build configuration and versions.
+* Optional integrations, imported on demand (each imports its library): :mod:`pysd.sklearn` (a scikit-learn
+  estimator), :mod:`pysd.integrations.transformers` (distillation in a Hugging Face ``Trainer``).
 """
 
 __version__ = "0.1.0"
