@@ -29,7 +29,7 @@ import scipy.sparse as sp  # noqa: E402
 import torch  # noqa: E402
 
 import pysd  # noqa: E402
-from pysd.ops.knn_graph import _knn_topk_op, _tile  # noqa: E402
+from pysd.ops.knn_graph import _knn_graph_op, tile_shape  # noqa: E402
 
 faiss = pytest.importorskip("faiss")
 
@@ -106,7 +106,7 @@ def peak_rss_delta(fn, *args):
 CONTENDERS = {
     "faiss search": lambda x, xt: faiss_search(x),
     "faiss + scipy graph": lambda x, xt: faiss_pipeline(x),
-    "pysd kNN lists": lambda x, xt: _knn_topk_op(xt, None, K, True, *_tile(None, "cpu")),
+    "pysd kNN lists": lambda x, xt: _knn_graph_op(xt, None, K, True, *tile_shape(None, "cpu")),
     "pysd knn_graph": lambda x, xt: pysd.knn_graph(xt, K),
 }
 

@@ -107,3 +107,15 @@ def test_missing_extension_falls_back_to_numba_with_one_warning():
     first, reason = out.stdout.splitlines()[:2]
     assert first == "numba 1"
     assert "could not be loaded" in reason and "import of pysd._C halted" in reason
+
+
+@pytest.mark.parametrize("module", ["_C", pytest.param("_C_cuda", marks=pytest.mark.cuda)])
+def test_extension_codes_match_python_enums(module):
+    from pysd._codes import EXPORTED
+
+    ext = _backend.extension(module)
+    if ext is None:
+        pytest.skip(f"pysd.{module} is not built here")
+    assert set(ext.codes) == set(EXPORTED)
+    for key, enum in EXPORTED.items():
+        assert ext.codes[key] == {m.name: int(m) for m in enum}, key

@@ -315,3 +315,14 @@ def test_cuda_matches_cpp(problem, solver, dtype):
         a, b = getattr(cpu, f), getattr(gpu, f).cpu()
         assert torch.allclose(a, b, atol=tol * a.abs().max(), rtol=tol), f
     assert cpu.iterations == gpu.iterations and torch.equal(cpu.labels, gpu.labels.cpu())
+
+
+@pytest.mark.parametrize("solver", [0, 1])
+def test_custom_op_opcheck(backend, problem, solver):
+    from pysd.ops.propagate import _propagate_op
+
+    S, y = problem
+    g = pysd.Graph.from_scipy(S)
+    y0 = torch.from_numpy(seeds(y, 6)).float()
+    given = torch.as_tensor(y, dtype=torch.int64)
+    torch.library.opcheck(_propagate_op, (g.indptr, g.indices, g.values, y0, given, 0.9, solver, 5, 1e-6))

@@ -10,13 +10,12 @@
 #include <string>
 
 #include "check.cuh"
-#include "ops.h"
+#include "pysd/knn_graph.h"
 
 namespace pysd {
-namespace cuda {
+namespace knn_graph {
 namespace {
 
-using namespace knn;
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 constexpr unsigned kFull = 0xffffffffu;
@@ -66,13 +65,13 @@ void launch(const Tile<A>& t, const Lists<A>& l, uintptr_t stream) {
   } else {
     row_merge_kernel<false><<<unsigned(blocks), kThreads, 0, st>>>(t, l);
   }
-  check(cudaGetLastError(), "knn_merge launch");
+  cuda::check(cudaGetLastError(), "knn_graph launch");
 }
 
 }  // namespace
 
-void knn_merge(const Tile<float>& t, const Lists<float>& l, uintptr_t s) { launch(t, l, s); }
-void knn_merge(const Tile<double>& t, const Lists<double>& l, uintptr_t s) { launch(t, l, s); }
+void merge_cuda(const Tile<float>& t, const Lists<float>& l, uintptr_t s) { launch(t, l, s); }
+void merge_cuda(const Tile<double>& t, const Lists<double>& l, uintptr_t s) { launch(t, l, s); }
 
-}  // namespace cuda
+}  // namespace knn_graph
 }  // namespace pysd

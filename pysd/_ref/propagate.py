@@ -12,9 +12,9 @@ import warnings
 import torch
 from torch import Tensor
 
-from .. import _backend
+from .._codes import Solver
 
-CG, ITERATE = 0, 1
+
 
 
 def _matrix(indptr: Tensor, indices: Tensor, values: Tensor) -> Tensor:
@@ -114,11 +114,10 @@ def postprocess(S, z: Tensor, given: Tensor):
     return scores, oos, labels, confidence, weight, margin
 
 
-@_backend.register("propagate", "torch")
-def propagate_backend(indptr, indices, values, seeds, given, *, alpha, solver, max_iter, tol):
+def backend(indptr, indices, values, seeds, given, *, alpha, solver, max_iter, tol):
     """Backend adapter: ``(raw, scores, oos, labels, confidence, weight, margin, residual, iterations, flips)``."""
     S = _matrix(indptr, indices, values)
-    if solver == CG:
+    if solver == Solver.CG:
         z, residual, it = cg(S, seeds, alpha, max_iter, tol)
         flips = -1
     else:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _checks
 from ..ops.kd_loss import kd_loss
 from ..ops.partial_labels import partial_labels
 
@@ -96,12 +97,8 @@ def _train(x: Tensor, w0: Tensor, targets: Tensor, lam: float, temperature: floa
 
 
 def _as_tensor(x, name, dtype, device=None) -> Tensor:
-    if isinstance(x, Tensor):
-        return x.detach().to(dtype=dtype, device=device if device is not None else x.device)
-    try:
-        return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{_WHERE}: {name} must be a tensor or array, got {type(x).__name__}") from exc
+    t = _checks.array(_WHERE, name, x, sequences=True)[0].detach()
+    return t.to(dtype=dtype, device=device if device is not None else t.device)
 
 
 def linear_probe_sd(features, noisy_labels, *, rounds: int, lam: float, variant: str = "sd",
