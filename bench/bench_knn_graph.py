@@ -1,6 +1,6 @@
 """Exact kNN graph: pysd.knn_graph against faiss-cpu IndexFlatIP search + a scipy CSR build.
 
-Protocol (shared/reference/label_prop_peers.md §10): 2 threads everywhere, the §5 data
+Protocol: 2 threads everywhere, the data
 generator ("hard": spread 0.6, C=100 unit centres, L2-normalised rows, seed 0), d=128, k=10
 (search k+1, self dropped).  Neighbour sets are checked against faiss before anything is
 timed; each contender gets one warm-up and 3 timed rounds (median); the summary prints the

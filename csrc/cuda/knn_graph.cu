@@ -54,11 +54,11 @@ __global__ void __launch_bounds__(kThreads) row_merge_kernel(Tile<A> t, Lists<A>
 
 template <typename A>
 void launch(const Tile<A>& t, const Lists<A>& l, uintptr_t stream) {
-  if (t.col_from < t.j1) throw std::invalid_argument("pysd CUDA knn_merge: the symmetric column pass is CPU-only");
+  if (t.col_from < t.j1) throw std::invalid_argument("pysd CUDA knn_graph: the symmetric column pass is CPU-only");
   const int64_t rows = t.i1 - t.i0;
   if (rows <= 0 || t.j1 <= t.j0) return;
   const int64_t blocks = (rows * kWarp + kThreads - 1) / kThreads;
-  if (blocks > 0x7fffffffLL) throw std::runtime_error("pysd CUDA knn_merge: tile too tall for one grid");
+  if (blocks > 0x7fffffffLL) throw std::runtime_error("pysd CUDA knn_graph: tile too tall for one grid");
   auto st = reinterpret_cast<cudaStream_t>(stream);
   if (t.sqnorm) {
     row_merge_kernel<true><<<unsigned(blocks), kThreads, 0, st>>>(t, l);

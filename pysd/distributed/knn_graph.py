@@ -18,7 +18,7 @@ from torch import Tensor
 from .. import _backend, _checks
 from .._codes import NO_INDEX
 from .._ref import knn_graph as recipe
-from ..graph import Graph
+from ..graph import CsrArrays, Graph
 from ..ops import knn_graph as single
 from ._comm import Halo, agree, count_matrix, exchange, owners, peer, world
 
@@ -26,7 +26,7 @@ OP = "knn_graph"
 
 
 @dataclass(frozen=True)
-class ShardedGraph:
+class ShardedGraph(CsrArrays):
     """One rank's rows of a ``(num_nodes, num_nodes)`` graph: CSR with local rows and global columns.
 
     Attributes:
@@ -50,18 +50,6 @@ class ShardedGraph:
     @property
     def num_rows(self) -> int:
         return int(self.indptr.numel()) - 1
-
-    @property
-    def nnz(self) -> int:
-        return int(self.indices.numel())
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.values.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.values.device
 
     def to_scipy(self):
         """``scipy.sparse.csr_matrix`` of shape ``(num_rows, num_nodes)`` (on the CPU)."""

@@ -15,7 +15,7 @@ _EPS = 1e-9  # keeps floor(ratio * n) from losing a sample to rounding (0.29 * 1
 
 
 def _losses(losses, op: str) -> tuple:
-    t, kind = _checks.array(losses, op, "losses")
+    t, kind = _checks.array(op, "losses", losses)
     if not t.is_floating_point():
         raise TypeError(f"{op}: losses must be floating point, got {t.dtype}")
     if t.dim() != 1:
@@ -43,8 +43,8 @@ def small_loss_mask(losses, labels, ratio: float, per_class: bool = True):
     """
     op = "small_loss_mask"
     x, kind = _losses(losses, op)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
-        raise ValueError(f"{op}: ratio must be a number in [0, 1], got {ratio!r}")
+    ratio = _checks.real(op, "ratio", ratio, 0.0, 1.0)
+    _checks.boolean(op, "per_class", per_class)
     n = x.shape[0]
     order = torch.argsort(x, stable=True)
     if not per_class:
@@ -53,7 +53,7 @@ def small_loss_mask(losses, labels, ratio: float, per_class: bool = True):
         return _checks.restore(keep, kind)
     if labels is None:
         raise ValueError(f"{op}: labels are required when per_class=True")
-    y, _ = _checks.array(labels, op, "labels")
+    y, _ = _checks.array(op, "labels", labels)
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
         raise TypeError(f"{op}: labels must be integer class indices, got {y.dtype}")
     if y.shape != (n,):
