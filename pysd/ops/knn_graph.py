@@ -145,7 +145,8 @@ def prepare_features(x: Tensor, metric: str, rows: str = "rows") -> Tuple[Tensor
         norms = torch.linalg.vector_norm(x, dim=1)
         zero = norms == 0
         if bool(zero.any()):
-            raise ValueError(f"knn_graph: metric='cosine' needs non-zero rows; zero norm in {rows} {_checks.rows_list(zero)}")
+            raise ValueError(f"knn_graph: metric='cosine' needs non-zero rows; zero norm in {rows} "
+                             f"{_checks.rows_list(zero)}")
         return x / norms.unsqueeze(1), None
     x = x.contiguous()
     return x, ((x * x).sum(1) if metric == "l2" else None)
