@@ -62,6 +62,14 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[1])
 
 
+def _traced(t: Tensor) -> bool:
+    """Whether ``t`` is a tracing stand-in (AOTAutograd's fake / functional tensors): no value to read."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    return isinstance(t, (FakeTensor, FunctionalTensor))
+
+
 def _backward(ctx, grad_loss, _grad_buffer):
     (buf,) = ctx.saved_tensors
     if grad_loss is None:
@@ -72,7 +80,7 @@ def _backward(ctx, grad_loss, _grad_buffer):
                            "use pysd._ref.kd_loss.kd_loss for higher-order gradients")
     if ctx.reduction == Reduction.NONE:
         g = buf * grad_loss.to(buf.dtype).unsqueeze(-1)
-    elif (not torch.compiler.is_compiling() and grad_loss.device.type == "cpu"
+    elif (not torch.compiler.is_compiling() and grad_loss.device.type == "cpu" and not _traced(grad_loss)
           and grad_loss.item() == 1.0):
         g = buf  # the usual loss.backward(): the kernel already wrote the gradient
     else:
