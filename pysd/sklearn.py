@@ -35,9 +35,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._ref.knn_graph import affinity, degrees, normalized, select_topk, similarity
 from .graph import Graph
-from .ops import knn_graph as _kg
-from .ops.knn_graph import knn_graph
+from .ops.knn_graph import knn_graph, prepare_features
 from .ops.propagate import Propagation, propagate
 
 __all__ = ["GraphLabelSpreading", "refine_labels", "RefinedLabels"]
@@ -51,8 +51,8 @@ def _in_degree_normalized(g: Graph) -> Graph:
     """``D^-1/2 W D^-1/2`` with ``D`` the column sums of ``W`` (in-degrees; a zero degree counts as 1)."""
     rows = torch.repeat_interleave(torch.arange(g.num_nodes, device=g.device), g.indptr.diff())
     cols = g.indices.to(torch.int64)
-    deg = _kg.degrees(cols, g.values, g.num_nodes)
-    return replace(g, values=_kg.normalized(g.values, deg[rows], deg[cols], "sym"))
+    deg = degrees(cols, g.values, g.num_nodes)
+    return replace(g, values=normalized(g.values, deg[rows], deg[cols], "sym"))
 
 
 def _labelled(y: np.ndarray) -> np.ndarray:
@@ -153,7 +153,7 @@ class GraphLabelSpreading(ClassifierMixin, BaseEstimator):
         self.propagation_: Propagation = r
         self.n_iter_ = r.iterations
         self.X_ = X
-        self._train, sqnorm = _kg.prepare_features(torch.from_numpy(X.copy()), self.metric)
+        self._train, sqnorm = prepare_features(torch.from_numpy(X.copy()), self.metric)
         self._train_sqnorm = sqnorm
         # l2 affinities are scaled by the training graph's mean squared k-th-neighbour distance
         self._l2_scale = (-g.knn_similarities[:, -1]).clamp(min=0).mean() if self.metric == "l2" else None
@@ -162,23 +162,7 @@ class GraphLabelSpreading(ClassifierMixin, BaseEstimator):
     def _neighbours(self, q: torch.Tensor, q_sqnorm):
         """Exact ``(m, n_neighbors)`` nearest training points of the prepared queries ``q`` (best first, ties
         to the lower index, as :func:`pysd.knn_graph`) and their similarities."""
-        k = int(self.n_neighbors)
-        s = q @ self._train.T
-        if q_sqnorm is not None:
-            s = 2 * s - q_sqnorm[:, None] - self._train_sqnorm[None, :]
-        vals, ids = torch.topk(s, k, dim=1)
-        kth = vals[:, -1:]
-        tied = ((s >= kth).sum(1) > k).nonzero().squeeze(1)     # rows with ties across the k-th place
-        if tied.numel():
-            st, kt = s[tied], kth[tied]
-            above = st > kt
-            first = (st == kt) & (torch.cumsum(st == kt, 1) <= k - above.sum(1, keepdim=True))
-            ids[tied] = (above | first).nonzero()[:, 1].view(-1, k)
-            vals[tied] = st.gather(1, ids[tied])
-        ids, by_index = torch.sort(ids, dim=1)
-        vals = vals.gather(1, by_index)
-        order = torch.sort(vals, dim=1, descending=True, stable=True).indices
-        return ids.gather(1, order), vals.gather(1, order)
+        return select_topk(similarity(q @ self._train.T, q_sqnorm, self._train_sqnorm), int(self.n_neighbors))
 
     def predict_proba(self, X) -> np.ndarray:
         """``(M, C)`` class probabilities of new points ``X: (M, d)``: the affinity-weighted mean of
@@ -187,14 +171,14 @@ class GraphLabelSpreading(ClassifierMixin, BaseEstimator):
         neighbours carry no weight or no label mass gets the uniform distribution."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        q, q_sqnorm = _kg.prepare_features(torch.from_numpy(X.astype(self._train.numpy().dtype, copy=True)),
+        q, q_sqnorm = prepare_features(torch.from_numpy(X.astype(self._train.numpy().dtype, copy=True)),
                                            self.metric, rows="rows of X")
         out = np.empty((X.shape[0], len(self.classes_)))
         block = max(1, _QUERY_BLOCK_ELEMENTS // self._train.shape[0])
         for i0 in range(0, X.shape[0], block):
             rows = slice(i0, i0 + block)
             idx, sims = self._neighbours(q[rows], None if q_sqnorm is None else q_sqnorm[rows])
-            w = _kg._affinity(sims, self.metric, float(self.power), self._l2_scale).numpy()
+            w = affinity(sims, self.metric, float(self.power), self._l2_scale).numpy()
             out[rows] = np.einsum("mk,mkc->mc", w, self.label_distributions_[idx.numpy()])
         mass = out.sum(1, keepdims=True)
         return np.where(mass > 0, out / np.where(mass > 0, mass, 1.0), 1.0 / len(self.classes_))
