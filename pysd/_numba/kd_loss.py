@@ -1,7 +1,9 @@
 """numba fallback of the fused distillation loss (float32 / float64).
 
 Same passes as ``csrc/cpu/kd_loss.cpp``: row max, exponentials into a per-thread
-scratch row, (rkl/jsd) the divergence, then the gradient.  Scalars are kept in the
+scratch row, (rkl/jsd) the divergence, then the gradient.  The per-element exponentials use
+:func:`pysd._numba.fastexp.exp`, which vectorizes for float32 (libm's scalar ``exp`` made
+this kernel exp-bound).  Scalars are kept in the
 input's precision (typed constants are passed in) and every inner loop is
 branch-free, so LLVM can vectorize all but the ``exp``/``log`` calls.
 """
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from . import CACHE
+from .fastexp import exp
 
 FKL, RKL, JSD = 0, 1, 2
 NO_TEACHER, LOGITS, PROBS, LOGPROBS = -1, 0, 1, 2
@@ -52,7 +55,7 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t,
         ms = _row_max(si, c)
         sz = zero
         for j in range(c):
-            ez = math.exp((si[j] - ms) * inv_t)
+            ez = exp((si[j] - ms) * inv_t)
             bz[j] = ez
             sz += ez
         su = zero
@@ -61,7 +64,7 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t,
             mt = _row_max(ti, c)
             for j in range(c):
                 us = (ti[j] - mt) * inv_t
-                eu = math.exp(us)
+                eu = exp(us)
                 bu[j] = eu
                 su += eu
                 fkl += eu * (us - (si[j] - ms) * inv_t) if eu > zero else zero
@@ -85,7 +88,7 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t,
                 s1 += e1
         elif sep:
             for j in range(c):
-                e1 = math.exp(si[j] - ms)
+                e1 = exp(si[j] - ms)
                 b1[j] = e1
                 s1 += e1
         if has_hard and smoothing != zero:
