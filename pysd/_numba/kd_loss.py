@@ -16,7 +16,7 @@ import numba
 import numpy as np
 import torch
 
-from . import CACHE
+from . import CACHE, match_torch_threads
 from .fastexp import exp
 
 FKL, RKL, JSD = 0, 1, 2
@@ -193,7 +193,7 @@ def kd_loss_backend(student, teacher, target, weight, grad_scale, *, compute_gra
     rows = torch.empty(n, dtype=acc)
     grad = torch.empty((n, c), dtype=acc) if compute_grad else torch.empty((0, c), dtype=acc)
     typ = np.float64 if acc == torch.float64 else np.float32
-    scratch = np.empty((numba.get_num_threads(), 4, c), dtype=typ)
+    scratch = np.empty((match_torch_threads(), 4, c), dtype=typ)
     integer_t = float(temperature).is_integer() and 2 <= temperature <= 16
     npow = int(temperature) if integer_t else 0
     min_exp = -1022.0 if typ is np.float64 else -126.0

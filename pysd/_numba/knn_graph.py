@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import CACHE
+from . import CACHE, match_torch_threads
 
 
 @numba.njit(cache=CACHE, inline="always")
@@ -67,4 +67,5 @@ def merge_tile(tile, i0, i1, j0, j1, col_from, sqnorm, exclude_self, sims, idx):
 def knn_topk_backend(x, sqnorm, k, exclude_self, tile_rows, tile_cols):
     from ..ops.knn_graph import tiled_topk
 
+    match_torch_threads()
     return tiled_topk(x, sqnorm, k, exclude_self, tile_rows, tile_cols, merge_tile, symmetric=True)

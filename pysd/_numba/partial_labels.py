@@ -6,7 +6,7 @@ import numba
 import numpy as np
 import torch
 
-from . import CACHE
+from . import CACHE, match_torch_threads
 
 
 @numba.njit(cache=CACHE, inline="always")
@@ -60,5 +60,6 @@ def partial_labels_backend(probs: torch.Tensor, *, k: int, renormalize: bool) ->
     p = probs.to(acc).contiguous()
     out = torch.empty_like(p)
     if p.numel():
+        match_torch_threads()
         _rows(p.numpy(), out.numpy(), k, renormalize)
     return out.to(probs.dtype)
