@@ -5,7 +5,9 @@ the fallback kernels exp-bound.  :func:`exp` is an overload: float32 arguments g
 branch-free Cody-Waite reduction + degree-7 polynomial (max relative error ~2 ulp, exact 0
 below the float32 normal range, NaN in NaN out, +inf above ~88.7), which vectorizes;
 every other type keeps ``math.exp``.  Its body is compiled without fast-math flags: the
-two-constant reduction and the rounding trick must not be re-associated.
+two-constant reduction and the rounding trick must not be re-associated (``jit_options`` below;
+without it the overload inherits the caller's ``reassoc`` flag).  numba's on-disk cache of a caller
+does not notice edits to this module: clear ``pysd/_numba/__pycache__`` after changing it.
 """
 
 from __future__ import annotations
