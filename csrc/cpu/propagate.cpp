@@ -17,14 +17,13 @@
 #include <cmath>
 #include <vector>
 
-#include "ops.h"
+#include "pysd/propagate.h"
 #include "simd.h"
 
 namespace pysd {
-namespace cpu {
+namespace propagate {
 namespace {
 
-using namespace prop;
 constexpr int64_t kBlock = 64;
 // Row blocks are handed out kGrab at a time (dynamic schedule): on a machine shared with other
 // processes a descheduled thread then delays a pass by a few blocks, not by its static half of
@@ -330,16 +329,16 @@ void post_impl(const Csr<T>& g, const PostArgs<T>& a) {
 
 }  // namespace
 
-void propagate_cg(const Csr<float>& g, const CgArgs<float>& a, int64_t* it) { cg_impl(g, a, it); }
-void propagate_cg(const Csr<double>& g, const CgArgs<double>& a, int64_t* it) { cg_impl(g, a, it); }
-void propagate_iterate(const Csr<float>& g, const IterArgs<float>& a, int64_t* it, int64_t* fl) {
+void cg_cpu(const Csr<float>& g, const CgArgs<float>& a, int64_t* it) { cg_impl(g, a, it); }
+void cg_cpu(const Csr<double>& g, const CgArgs<double>& a, int64_t* it) { cg_impl(g, a, it); }
+void iterate_cpu(const Csr<float>& g, const IterArgs<float>& a, int64_t* it, int64_t* fl) {
   iterate_impl(g, a, it, fl);
 }
-void propagate_iterate(const Csr<double>& g, const IterArgs<double>& a, int64_t* it, int64_t* fl) {
+void iterate_cpu(const Csr<double>& g, const IterArgs<double>& a, int64_t* it, int64_t* fl) {
   iterate_impl(g, a, it, fl);
 }
-void propagate_post(const Csr<float>& g, const PostArgs<float>& a) { post_impl(g, a); }
-void propagate_post(const Csr<double>& g, const PostArgs<double>& a) { post_impl(g, a); }
+void post_cpu(const Csr<float>& g, const PostArgs<float>& a) { post_impl(g, a); }
+void post_cpu(const Csr<double>& g, const PostArgs<double>& a) { post_impl(g, a); }
 
-}  // namespace cpu
+}  // namespace propagate
 }  // namespace pysd
