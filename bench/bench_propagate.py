@@ -166,3 +166,25 @@ def test_pysd_end_to_end(benchmark, data):
 
     r = timed(benchmark, "pysd e2e (faiss graph + cg)", run, rounds=1)
     NOTES["pysd e2e label accuracy"] = f"{(r.labels == data['clean']).mean():.4f}"
+
+
+def test_reorder_paired(data):
+    """cg plain, cg with reorder=True (graph order cached) and the per-class scipy cg, interleaved, 3 rounds."""
+    from conftest import paired, spread
+
+    g, labels = data["g"], data["noisy"]
+    t = time.perf_counter()
+    g.reordered()
+    NOTES["reorder: first call (RCM + permuted CSR), s"] = f"{time.perf_counter() - t:.2f}"
+    ref = scipy_cg_loop(data["S"], data["Y"])
+    r = pysd.propagate(g, labels, solver="cg", alpha=ALPHA, max_iter=ITERS, reorder=True)
+    assert np.abs(r.raw_scores - ref).max() / np.abs(ref).max() < 1e-3
+    times = paired({"plain": lambda: pysd.propagate(g, labels, solver="cg", alpha=ALPHA, max_iter=ITERS),
+                    "reorder": lambda: pysd.propagate(g, labels, solver="cg", alpha=ALPHA, max_iter=ITERS,
+                                                      reorder=True),
+                    "scipy": lambda: scipy_cg_loop(data["S"], data["Y"])}, reps=3)
+    for k in ("plain", "reorder"):
+        NOTES[f"cg {k} / scipy per-class cg, paired rounds"] = spread(
+            [a / b for a, b in zip(times[k], times["scipy"])])
+    NOTES["cg reorder / plain, paired rounds"] = spread([a / b for a, b in zip(times["reorder"], times["plain"])])
+    NOTES["load average during the paired rounds"] = f"{os.getloadavg()[0]:.1f}"

@@ -56,8 +56,18 @@ def _load(module: str) -> Optional[object]:
 
 
 def extension(name: str = "_C"):
-    """The loaded extension module ``pysd._C`` / ``pysd._C_cuda`` (or None)."""
-    return _load(name)
+    """The loaded extension module ``pysd._C`` / ``pysd._C_cuda`` (or None).
+
+    For ``pysd._C`` it also sets the calling thread's OpenMP team size to
+    ``torch.get_num_threads()``: adapters call this right before a launch, so every CPU
+    kernel follows the torch setting of the thread that launches it (see README "Threads").
+    """
+    mod = _load(name)
+    if mod is not None and name == "_C":
+        import torch
+
+        mod.set_num_threads(torch.get_num_threads())
+    return mod
 
 
 def _numba_reason() -> Optional[str]:

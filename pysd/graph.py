@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ class Graph(CsrArrays):
     knn_indices: Optional[Tensor] = None
     knn_similarities: Optional[Tensor] = None
     metric: Optional[str] = None
+    # derived data computed once per graph (the locality order and the reordered CSR); not an
+    # init argument, so copies made by ``to`` / ``replace`` start empty
+    _cache: Dict[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         n = int(self.num_nodes)
@@ -75,6 +78,7 @@ class Graph(CsrArrays):
         return replace(self, indptr=mv(self.indptr), indices=mv(self.indices), values=mv(self.values, True),
                        knn_indices=mv(self.knn_indices), knn_similarities=mv(self.knn_similarities, True))
 
+<<<<<<< HEAD
     def to_scipy(self, mode: str = "graph"):
         """``scipy.sparse.csr_matrix`` ``(num_nodes, num_nodes)`` on the CPU.
 
@@ -86,6 +90,45 @@ class Graph(CsrArrays):
         (clipped at 0) for ``metric="cosine"`` and the Euclidean distance for ``"l2"``.  Needs the lists of
         :func:`pysd.knn_graph` (``exclude_self=True``); ``metric="ip"`` has no distance (ValueError).
         """
+=======
+    def locality_order(self) -> Tensor:
+        """``(num_nodes,)`` int64 node order (new position -> old node) that keeps neighbours close.
+
+        Reverse Cuthill-McKee (``scipy.sparse.csgraph``) on the structure of ``S + S^T``: rows
+        that share neighbours get nearby positions, so a pass over the rows gathers neighbour
+        rows that are still in cache.  Computed on the CPU once per graph and cached on it.
+        """
+        if "order" not in self._cache:
+            from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+            order = reverse_cuthill_mckee(self.to_scipy(), symmetric_mode=False)
+            self._cache["order"] = torch.from_numpy(order.astype(np.int64)).to(self.device)
+        return self._cache["order"]
+
+    def reordered(self) -> Tuple["Graph", Tensor]:
+        """``(P S P^T, order)`` with ``order = locality_order()``: row and column ``r`` of the result
+        are node ``order[r]`` of this graph (indices sorted per row; kNN lists are not carried).
+        Cached on this graph.  Memory: the new CSR plus O(nnz) int64 temporaries while it is built."""
+        if "reordered" not in self._cache:
+            order = self.locality_order()
+            n, dev = self.num_nodes, self.device
+            inv = torch.empty_like(order)
+            inv[order] = torch.arange(n, device=dev)
+            deg = (self.indptr[1:] - self.indptr[:-1])[order]
+            indptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+            indptr[1:] = deg.cumsum(0)
+            rows = torch.repeat_interleave(torch.arange(n, device=dev), deg)
+            src = self.indptr[order][rows] + torch.arange(self.nnz, device=dev) - indptr[rows]
+            cols = inv[self.indices[src].to(torch.int64)]
+            sort = torch.argsort(rows * n + cols)
+            g = Graph(indptr=indptr, indices=cols[sort].to(torch.int32), values=self.values[src[sort]],
+                      num_nodes=n)
+            self._cache["reordered"] = g
+        return self._cache["reordered"], self.locality_order()
+
+    def to_scipy(self):
+        """``scipy.sparse.csr_matrix`` copy (on the CPU)."""
+>>>>>>> main
         import scipy.sparse as sp
 
         n = self.num_nodes

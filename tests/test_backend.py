@@ -111,6 +111,37 @@ def test_missing_extension_falls_back_to_numba_with_one_warning():
     assert "could not be loaded" in reason and "import of pysd._C halted" in reason
 
 
+def test_cpp_kernels_follow_torch_threads_in_a_fresh_thread():
+    # A thread that has run no torch op still has OpenMP's default team size (all cores);
+    # fetching the extension for a launch must apply torch.get_num_threads() there.
+    import threading
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    seen = []
+    try:
+        t = threading.Thread(target=lambda: seen.append(_backend.extension("_C").build_info()["max_threads"]))
+        t.start()
+        t.join()
+    finally:
+        torch.set_num_threads(old)
+    assert seen == [1]
+
+
+def test_numba_kernels_follow_torch_threads():
+    import numba
+
+    from pysd._numba import match_torch_threads
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert match_torch_threads() == 1 and numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(old)
+    assert match_torch_threads() == min(old, numba.config.NUMBA_NUM_THREADS)
+
+
 @pytest.mark.parametrize("module", ["_C", pytest.param("_C_cuda", marks=pytest.mark.cuda)])
 def test_extension_codes_match_python_enums(module):
     from pysd._codes import EXPORTED

@@ -317,6 +317,28 @@ def test_cuda_matches_cpp(problem, solver, dtype):
     assert cpu.iterations == gpu.iterations and torch.equal(cpu.labels, gpu.labels.cpu())
 
 
+@pytest.mark.parametrize("solver", ["cg", "iterate"])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
+def test_reorder_matches_scipy_in_the_callers_order(backend, problem, solver, dtype, rtol):
+    S, y = problem
+    g = pysd.Graph.from_scipy(S, dtype=dtype)
+    r = pysd.propagate(g, y, solver=solver, reorder=True)
+    Y = seeds(y, 6)
+    ref = scipy_cg_loop(S, Y, 0.99, 1e-6, 20) if solver == "cg" else scipy_zhou(S, Y, 0.99, 20)
+    assert np.abs(r.raw_scores - ref).max() <= rtol * np.abs(ref).max()
+    plain = pysd.propagate(g, y, solver=solver)
+    assert np.array_equal(r.labels, plain.labels) and np.array_equal(r.issues, plain.issues)
+    for name in ("scores", "oos_scores", "confidence", "entropy_weight", "class_weight"):
+        assert np.allclose(getattr(r, name), getattr(plain, name), rtol=10 * rtol, atol=1e-6), name
+    order = g.locality_order().numpy()
+    assert sorted(order.tolist()) == list(range(len(y))) and not np.array_equal(order, np.arange(len(y)))
+    gp, same = g.reordered()
+    assert same is g.locality_order() and g.reordered()[0] is gp  # cached on the graph
+    assert abs(gp.to_scipy() - g.to_scipy()[order][:, order]).max() == 0  # P S P^T
+    rows = np.split(gp.indices.numpy(), gp.indptr.numpy()[1:-1])
+    assert all((np.diff(r_) > 0).all() for r_ in rows)            # indices sorted within each row
+
+
 @pytest.mark.parametrize("solver", [0, 1])
 def test_custom_op_opcheck(backend, problem, solver):
     from pysd.ops.propagate import _propagate_op

@@ -17,6 +17,13 @@ PYBIND11_MODULE(_C, m) {
   pysd::knn_graph::def_cpu(m);
   pysd::partial_labels::def_cpu(m);
   pysd::propagate::def_cpu(m);
+  // OpenMP's team size is a per-thread setting: pysd._backend calls this with
+  // torch.get_num_threads() before every launch, from the launching thread, so
+  // the kernels follow torch.set_num_threads in any thread (DataLoader workers,
+  // autograd threads, user threads) rather than the OpenMP default of all cores.
+  m.def(
+      "set_num_threads", [](int n) { omp_set_num_threads(n > 0 ? n : 1); }, py::arg("n"),
+      "Team size of the calling thread's next OpenMP regions (omp_set_num_threads).");
   m.def("build_info", [] {
     py::dict d;
     d["version"] = PYSD_VERSION;

@@ -1,7 +1,9 @@
 """numba fallback of the fused distillation loss (float32 / float64).
 
 Same passes as ``csrc/cpu/kd_loss.cpp``: row max, exponentials into a per-thread
-scratch row, (rkl/jsd) the divergence, then the gradient.  Scalars are kept in the
+scratch row, (rkl/jsd) the divergence, then the gradient.  The per-element exponentials use
+:func:`pysd._numba.fastexp.exp`, which vectorizes for float32 (libm's scalar ``exp`` made
+this kernel exp-bound).  Scalars are kept in the
 input's precision (typed constants are passed in) and every inner loop is
 branch-free, so LLVM can vectorize all but the ``exp``/``log`` calls.
 """
@@ -15,7 +17,8 @@ import numpy as np
 import torch
 
 from .._codes import Divergence, TeacherFormat, acc_dtype
-from . import CACHE
+from . import CACHE, match_torch_threads
+from .fastexp import exp
 
 # plain ints: numba folds them into the kernel as constants
 FKL, RKL, JSD = int(Divergence.FKL), int(Divergence.RKL), int(Divergence.JSD)
@@ -58,7 +61,7 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t,
         ms = _row_max(si, c)
         sz = zero
         for j in range(c):
-            ez = math.exp((si[j] - ms) * inv_t)
+            ez = exp((si[j] - ms) * inv_t)
             bz[j] = ez
             sz += ez
         su = zero
@@ -67,7 +70,7 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t,
             mt = _row_max(ti, c)
             for j in range(c):
                 us = (ti[j] - mt) * inv_t
-                eu = math.exp(us)
+                eu = exp(us)
                 bu[j] = eu
                 su += eu
                 fkl += eu * (us - (si[j] - ms) * inv_t) if eu > zero else zero
@@ -91,7 +94,7 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t,
                 s1 += e1
         elif sep:
             for j in range(c):
-                e1 = math.exp(si[j] - ms)
+                e1 = exp(si[j] - ms)
                 b1[j] = e1
                 s1 += e1
         if has_hard and smoothing != zero:
@@ -196,7 +199,7 @@ def backend(student, teacher, target, weight, grad_scale, *, compute_grad: bool,
     rows = torch.empty(n, dtype=acc)
     grad = torch.empty((n, c), dtype=acc) if compute_grad else torch.empty((0, c), dtype=acc)
     typ = np.float64 if acc == torch.float64 else np.float32
-    scratch = np.empty((numba.get_num_threads(), 4, c), dtype=typ)
+    scratch = np.empty((match_torch_threads(), 4, c), dtype=typ)
     integer_t = float(temperature).is_integer() and 2 <= temperature <= 16
     npow = int(temperature) if integer_t else 0
     min_exp = -1022.0 if typ is np.float64 else -126.0

@@ -11,7 +11,7 @@ import numba
 import numpy as np
 
 from .._ref.knn_graph import tiled_topk
-from . import CACHE
+from . import CACHE, match_torch_threads
 
 
 @numba.njit(cache=CACHE, inline="always")
@@ -67,4 +67,5 @@ def merge(tile, i0, i1, j0, j1, col_from, sqnorm, exclude_self, sims, idx):
 
 def backend(x, sqnorm, k, exclude_self, tile_rows, tile_cols):
     """Same contract as ``pysd._ref.knn_graph.backend``."""
+    match_torch_threads()
     return tiled_topk(x, sqnorm, k, exclude_self, tile_rows, tile_cols, merge, symmetric=True)

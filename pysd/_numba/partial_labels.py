@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .._codes import acc_dtype
-from . import CACHE
+from . import CACHE, match_torch_threads
 
 
 @numba.njit(cache=CACHE, inline="always")
@@ -61,5 +61,6 @@ def backend(probs: torch.Tensor, *, k: int, renormalize: bool) -> torch.Tensor:
     p = probs.to(acc).contiguous()
     out = torch.empty_like(p)
     if p.numel():
+        match_torch_threads()
         _rows(p.numpy(), out.numpy(), k, renormalize)
     return out.to(probs.dtype)

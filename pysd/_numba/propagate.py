@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._codes import Solver
-from . import CACHE
+from . import CACHE, match_torch_threads
 
 BLOCK = 64
 _JIT = dict(cache=CACHE, parallel=True, fastmath={"nsz", "arcp", "contract"})
@@ -212,7 +212,7 @@ def backend(indptr, indices, values, seeds, given, *, alpha, solver, max_iter, t
     blocks = max(1, -(-n // BLOCK))
     dt = _np(seeds).dtype
     part = np.empty((blocks, cols), dtype=np.float64)
-    acc = np.empty((numba.get_num_threads(), cols), dtype=dt)
+    acc = np.empty((match_torch_threads(), cols), dtype=dt)
     residual = torch.zeros(cols, dtype=torch.float64)
     g = (_np(indptr), _np(indices), _np(values))
     if solver == Solver.CG:
