@@ -78,19 +78,6 @@ class Graph(CsrArrays):
         return replace(self, indptr=mv(self.indptr), indices=mv(self.indices), values=mv(self.values, True),
                        knn_indices=mv(self.knn_indices), knn_similarities=mv(self.knn_similarities, True))
 
-<<<<<<< HEAD
-    def to_scipy(self, mode: str = "graph"):
-        """``scipy.sparse.csr_matrix`` ``(num_nodes, num_nodes)`` on the CPU.
-
-        ``mode="graph"``: the graph's CSR arrays and edge weights; for a CPU graph ``data`` and ``indices``
-        share the graph's memory (no copy; ``indptr`` takes scipy's index dtype), a GPU graph is copied.  ``mode="distance"``: the raw kNN lists
-        as a distance graph, the layout of scikit-learn's ``kneighbors_graph(mode="distance")`` and of
-        cleanlab's ``Datalab.find_issues(knn_graph=...)``: exactly ``k`` entries per row, self excluded,
-        nearest first (ascending distance), zero distances stored explicitly; the distance is ``1 - s``
-        (clipped at 0) for ``metric="cosine"`` and the Euclidean distance for ``"l2"``.  Needs the lists of
-        :func:`pysd.knn_graph` (``exclude_self=True``); ``metric="ip"`` has no distance (ValueError).
-        """
-=======
     def locality_order(self) -> Tensor:
         """``(num_nodes,)`` int64 node order (new position -> old node) that keeps neighbours close.
 
@@ -126,9 +113,17 @@ class Graph(CsrArrays):
             self._cache["reordered"] = g
         return self._cache["reordered"], self.locality_order()
 
-    def to_scipy(self):
-        """``scipy.sparse.csr_matrix`` copy (on the CPU)."""
->>>>>>> main
+    def to_scipy(self, mode: str = "graph"):
+        """``scipy.sparse.csr_matrix`` ``(num_nodes, num_nodes)`` on the CPU.
+
+        ``mode="graph"``: the graph's CSR arrays and edge weights; for a CPU graph ``data`` and ``indices``
+        share the graph's memory (no copy; ``indptr`` takes scipy's index dtype), a GPU graph is copied.
+        ``mode="distance"``: the raw kNN lists as a distance graph, the layout of scikit-learn's ``kneighbors_graph(mode="distance")`` and of
+        cleanlab's ``Datalab.find_issues(knn_graph=...)``: exactly ``k`` entries per row, self excluded,
+        nearest first (ascending distance), zero distances stored explicitly; the distance is ``1 - s``
+        (clipped at 0) for ``metric="cosine"`` and the Euclidean distance for ``"l2"``.  Needs the lists of
+        :func:`pysd.knn_graph` (``exclude_self=True``); ``metric="ip"`` has no distance (ValueError).
+        """
         import scipy.sparse as sp
 
         n = self.num_nodes
