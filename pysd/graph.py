@@ -118,8 +118,8 @@ class Graph(CsrArrays):
 
         ``mode="graph"``: the graph's CSR arrays and edge weights; for a CPU graph ``data`` and ``indices``
         share the graph's memory (no copy; ``indptr`` takes scipy's index dtype), a GPU graph is copied.
-        ``mode="distance"``: the raw kNN lists as a distance graph, the layout of scikit-learn's ``kneighbors_graph(mode="distance")`` and of
-        cleanlab's ``Datalab.find_issues(knn_graph=...)``: exactly ``k`` entries per row, self excluded,
+        ``mode="distance"``: the raw kNN lists as a distance graph, the layout of scikit-learn's
+        ``kneighbors_graph(mode="distance")`` and of cleanlab's ``Datalab.find_issues(knn_graph=...)``: exactly ``k`` entries per row, self excluded,
         nearest first (ascending distance), zero distances stored explicitly; the distance is ``1 - s``
         (clipped at 0) for ``metric="cosine"`` and the Euclidean distance for ``"l2"``.  Needs the lists of
         :func:`pysd.knn_graph` (``exclude_self=True``); ``metric="ip"`` has no distance (ValueError).
