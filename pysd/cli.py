@@ -158,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a one-line usage error (exit 2)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.fn(args)
     except KeyboardInterrupt:

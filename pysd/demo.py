@@ -44,8 +44,6 @@ def load_dataset(name: str, features_key=None, labels_key=None, header="auto"):
     column, raw = load_labels(name, labels_key, header)
     x = load_features(name, features_key, header, [column] if column is not None else []).astype(np.float64)
     labels = encode_labels(raw, f"{name}: labels")
-    for note in labels.notes:
-        print(f"pysd demo: warning: {note}", file=sys.stderr)
     y = labels.ids
     if x.shape[0] != y.shape[0]:
         raise InputError(f"{name}: features have {x.shape[0]} rows but labels have {y.shape[0]}")
@@ -57,6 +55,8 @@ def load_dataset(name: str, features_key=None, labels_key=None, header="auto"):
         raise InputError(f"{name}: {len(y)} samples in {labels.num_classes} classes (smallest: "
                          f"{int(counts.min())}); the demo needs at least {MIN_SAMPLES} samples, 2 classes and "
                          f"{MIN_PER_CLASS} per class")
+    for note in labels.notes:
+        print(f"pysd demo: warning: {note}", file=sys.stderr)
     return x, y, labels.classes
 
 

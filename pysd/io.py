@@ -282,7 +282,7 @@ def encode_labels(y: np.ndarray, what: str = "labels", num_classes: Optional[int
         note = f"{what} run 1..{values.size} (no class 0): read as 1-based, {values.size} classes"
     else:
         note = (f"{what} are not 0..K-1 ({_preview(values)}): mapped to {values.size} classes in sorted order")
-    return Labels(out, values, [note + "; outputs use your values (pass --num-classes to keep them as ids)"])
+    return Labels(out, values, [note + "; outputs use your values"])
 
 
 def _encode_strings(y: np.ndarray, what: str) -> Labels:

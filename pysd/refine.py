@@ -157,7 +157,8 @@ def run_refine(args) -> int:
     with _atomic.reserve(paths, args.force) as outs:
         x, labels = _load(args)
         for note in labels.notes:
-            print(f"pysd refine: warning: {note}", file=sys.stderr)
+            hint = "" if "strings" in note else " (pass --num-classes to take them as ids)"
+            print(f"pysd refine: warning: {note}{hint}", file=sys.stderr)
         res = refine_labels(x, labels.ids, num_classes=labels.num_classes, k=args.k, alpha=args.alpha,
                             solver=args.solver, max_iter=args.max_iter, metric=args.metric, power=args.power)
         saved = {**res, "labels": labels.decode(res["labels"]), "given_labels": labels.decode(labels.ids),
