@@ -27,7 +27,7 @@ import pysd  # noqa: E402
 
 faiss = pytest.importorskip("faiss")
 FULL = os.environ.get("PYSD_BENCH_FULL") == "1"
-N, D, K, C = (100_000 if FULL else 20_000), 128, 10, 100
+N, D, K, C = (100_000 if FULL else 5_000), 128, 10, 100
 ALPHA, ITERS = 0.99, 20
 torch.set_num_threads(2)
 faiss.omp_set_num_threads(2)
