@@ -1,6 +1,6 @@
 """kd_loss fwd+bwd: pysd backends vs PyTorch eager and torch.compile (same run).
 
-Config (DESIGN.md targets): fp32, T=4, hard_weight=0.5, fkl, N x C in {4096 x 1000, 1024 x 32000}.
+Config (the design targets): fp32, T=4, hard_weight=0.5, fkl, N x C in {4096 x 1000, 1024 x 32000}.
 Quick mode runs 4096 x 1000 and 256 x 32000; PYSD_BENCH_FULL=1 runs the headline sizes.
 Reports time, ratios, effective bandwidth 3*N*C*4 B / time against the measured copy
 bandwidth, and peak extra memory in units of one (N, C) fp32 buffer.

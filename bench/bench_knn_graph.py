@@ -1,12 +1,12 @@
 """Exact kNN graph: pysd.knn_graph against faiss-cpu IndexFlatIP search + a scipy CSR build.
 
-Protocol (shared/reference/label_prop_peers.md §10): 2 threads everywhere, the §5 data
-generator ("hard": spread 0.6, C=100 unit centres, L2-normalised rows, seed 0), d=128, k=10
+Protocol: 2 threads everywhere, a hard clustered data
+generator (spread 0.6, C=100 unit centres, L2-normalised rows, seed 0), d=128, k=10
 (search k+1, self dropped).  Neighbour sets are checked against faiss before anything is
 timed; each contender gets one warm-up and 3 timed rounds (median); the summary prints the
 ratios measured in this run, recall / agreement and the peak extra RSS of one call.
 
-    python -m pytest bench/bench_knn_graph.py -s                 # quick: N=20k
+    python -m pytest bench/bench_knn_graph.py -s                 # quick: N=5k
     PYSD_BENCH_FULL=1 python -m pytest bench/bench_knn_graph.py -s   # headline: N=100k
     PYSD_BENCH_N=50000 ...                                         # any N
 """

@@ -1,6 +1,6 @@
-"""Label propagation benchmark (protocol: shared/reference/label_prop_peers.md §10, cells B and C).
+"""Label propagation benchmark: pysd.propagate against scipy (Zhou iteration, per-class cg) and scikit-learn.
 
-    python -m pytest bench/bench_propagate.py -s                      # quick: N=20k
+    python -m pytest bench/bench_propagate.py -s                      # quick: N=5k
     PYSD_BENCH_FULL=1 python -m pytest bench/bench_propagate.py -s    # headline: N=100k, d=128, k=10, C=100
     PYSD_BENCH_SKIP_SKLEARN=1 ...                                     # leave out LabelSpreading (~1 min at 100k)
 
@@ -36,7 +36,7 @@ NOTES = {}
 
 
 def make_data(n, d, c, spread=0.6, noise=0.2, seed=0):
-    """§5 generator: unit class centres, x = c_y + spread*4/sqrt(d)*eps, L2-normalised, symmetric noise."""
+    """Clustered generator: unit class centres, x = c_y + spread*4/sqrt(d)*eps, L2-normalised, symmetric noise."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(c, d))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)

@@ -1,6 +1,6 @@
 """pysd: fast kernels for self-distillation and knowledge distillation under label noise.
 
-Public API (see README.md and DESIGN.md):
+Public API (see README.md):
 
 * :func:`kd_loss` / :class:`pysd.nn.DistillationLoss`: the fused distillation loss.
 * :func:`partial_labels`: partial-label (top-k) targets from a teacher's probabilities.

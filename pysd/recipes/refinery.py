@@ -7,7 +7,7 @@ in stage 2), ambiguity-aware (AWE) seed and sample weights, and the student obje
 features arrive in another order (e.g. from a shuffled loader).
 
 ``faithful=True`` reproduces the published code (github.com/Runqing-forMost/AML-KD) where
-its choices change results (see ``../shared/reference/amlkd.md`` §3.10):
+its choices change results:
 
 =============================  =====================================  ==========================================
 item                           faithful=True (as published)           faithful=False (default, as intended)
@@ -20,7 +20,7 @@ selection scope                per mini-batch of ``batch_size``       per class 
 =============================  =====================================  ==========================================
 
 Not reproduced in either mode: the trainable ``WeightNet`` (AWE form A), whose only published
-training signal drives every weight to 0 (amlkd.md §3.10 item 2); both modes use form B,
+training signal drives every weight to 0; both modes use form B,
 ``sigmoid(cos(h_i, mu_{y_i}))``, the sigmoid of a sample's cosine to its class centre.
 """
 
@@ -253,7 +253,7 @@ class LabelRefinery:
 
     def step(self, epoch: int, student_features, student_logits, teacher_features, noisy_labels, *,
              indices=None) -> RefineResult:
-        """One epoch's refinement (Steps 3-6 of amlkd.md).
+        """One epoch's refinement (steps 3-6 of AML-KD: selection, seeds, propagation, weights).
 
         Args:
             epoch: 0-based epoch number.

@@ -1,6 +1,6 @@
 """Block-structured Gram matrices: the scalar closed form, the rounds condition, PLL vs SD margins.
 
-Block model (``reference/sd_theory.md`` §3): K classes of n instances each, instance
+Block model (Jeong & Chung, arXiv 2402.10482, section 3): K classes of n instances each, instance
 ``i`` in cluster ``i // n`` (the cluster is the true class), ``G_ii = 1``, ``G_ij = c``
 within a cluster and ``d`` across.  ``G`` has three eigenvalue levels, ``1 - c``
 (within-cluster zero-sum vectors), ``mu2 = 1 - c + n (c - d)`` (cluster indicators
@@ -236,7 +236,7 @@ class MarginComparison:
 
 
 def compare_margins(confusion) -> MarginComparison:
-    """PLL-vs-SD margins from the label-confusion matrix ``m`` (``reference/sd_theory.md`` §4).
+    """PLL-vs-SD margins from the label-confusion matrix ``m`` (Jeong & Chung, section 4).
 
     The teacher's top-2 contain the true class of every instance (top-1 when clean,
     top-2 when noisy), so the PLL targets put ``m_pll[a, a] = 1/2`` and, on a wrong

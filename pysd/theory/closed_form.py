@@ -1,6 +1,6 @@
 """``sd_outputs``: every round's outputs of multi-round self-distillation of a linear probe.
 
-Model (Jeong & Chung, arXiv 2402.10482; see ``reference/sd_theory.md``): a bias-free
+Model (Jeong & Chung, arXiv 2402.10482): a bias-free
 linear probe ``z_i = W x_i / tau`` on fixed features, trained on soft targets by
 ``(1/N) sum_i CE(t_i, softmax(z_i)) + (lam/2) ||W||_F^2``.  Round 0 (the teacher)
 trains on the given labels ``Y``; round ``t`` on the previous round's outputs
