@@ -328,3 +328,18 @@ def test_demo_reads_string_labels_from_a_csv_with_header(tmp_path):
     (tmp_path / "d.csv").write_text("\n".join(lines))
     xx, y, classes = load_dataset(str(tmp_path / "d.csv"))
     assert xx.shape == (120, 8) and list(classes) == ["a", "b", "c"] and (y == clean).all()
+
+
+def test_every_option_has_help_and_version_prints(capsys):
+    import argparse
+
+    import pysd
+    from pysd.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            assert action.help, f"pysd {name} {action.option_strings or action.dest}: no help text"
+    rc, out, _ = run(capsys, "--version")
+    assert rc == 0 and out.strip() == f"pysd {pysd.__version__}"
