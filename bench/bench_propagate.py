@@ -1,4 +1,4 @@
-"""Label propagation benchmark: pysd.propagate against scipy (Zhou iteration, per-class cg) and scikit-learn.
+"""Label propagation benchmark (cg and iterate against their scipy peers).
 
     python -m pytest bench/bench_propagate.py -s                      # quick: N=5k
     PYSD_BENCH_FULL=1 python -m pytest bench/bench_propagate.py -s    # headline: N=100k, d=128, k=10, C=100
@@ -36,7 +36,7 @@ NOTES = {}
 
 
 def make_data(n, d, c, spread=0.6, noise=0.2, seed=0):
-    """Clustered generator: unit class centres, x = c_y + spread*4/sqrt(d)*eps, L2-normalised, symmetric noise."""
+    """Data generator: unit class centres, x = c_y + spread*4/sqrt(d)*eps, L2-normalised, symmetric noise."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(c, d))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)

@@ -10,8 +10,26 @@ import torch
 from torch import Tensor
 
 
+class CsrArrays:
+    """Properties shared by the CSR graph types (:class:`Graph`, ``pysd.distributed.ShardedGraph``):
+    both hold ``indptr``, ``indices`` and ``values`` tensors."""
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored edges."""
+        return int(self.indices.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+
 @dataclass(frozen=True)
-class Graph:
+class Graph(CsrArrays):
     """Sparse ``(num_nodes, num_nodes)`` graph in CSR form, held as torch tensors on one device.
 
     Attributes:
@@ -43,19 +61,6 @@ class Graph:
                             f"{self.indices.dtype}")
         if self.values.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"Graph: values must be float32 or float64, got {self.values.dtype}")
-
-    @property
-    def nnz(self) -> int:
-        """Number of stored edges."""
-        return int(self.indices.numel())
-
-    @property
-    def device(self) -> torch.device:
-        return self.values.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.values.dtype
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "Graph":
         """Copy to another device and/or values dtype (float32/float64)."""

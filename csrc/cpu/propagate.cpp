@@ -16,14 +16,13 @@
 #include <cmath>
 #include <vector>
 
-#include "ops.h"
+#include "pysd/propagate.h"
 #include "simd.h"
 
 namespace pysd {
-namespace cpu {
+namespace propagate {
 namespace {
 
-using namespace prop;
 constexpr int64_t kBlock = 64;
 
 // acc = S_i. z (cols,) in register-blocked chunks of 96, 32 and 16 columns (6,
@@ -325,16 +324,16 @@ void post_impl(const Csr<T>& g, const PostArgs<T>& a) {
 
 }  // namespace
 
-void propagate_cg(const Csr<float>& g, const CgArgs<float>& a, int64_t* it) { cg_impl(g, a, it); }
-void propagate_cg(const Csr<double>& g, const CgArgs<double>& a, int64_t* it) { cg_impl(g, a, it); }
-void propagate_iterate(const Csr<float>& g, const IterArgs<float>& a, int64_t* it, int64_t* fl) {
+void cg_cpu(const Csr<float>& g, const CgArgs<float>& a, int64_t* it) { cg_impl(g, a, it); }
+void cg_cpu(const Csr<double>& g, const CgArgs<double>& a, int64_t* it) { cg_impl(g, a, it); }
+void iterate_cpu(const Csr<float>& g, const IterArgs<float>& a, int64_t* it, int64_t* fl) {
   iterate_impl(g, a, it, fl);
 }
-void propagate_iterate(const Csr<double>& g, const IterArgs<double>& a, int64_t* it, int64_t* fl) {
+void iterate_cpu(const Csr<double>& g, const IterArgs<double>& a, int64_t* it, int64_t* fl) {
   iterate_impl(g, a, it, fl);
 }
-void propagate_post(const Csr<float>& g, const PostArgs<float>& a) { post_impl(g, a); }
-void propagate_post(const Csr<double>& g, const PostArgs<double>& a) { post_impl(g, a); }
+void post_cpu(const Csr<float>& g, const PostArgs<float>& a) { post_impl(g, a); }
+void post_cpu(const Csr<double>& g, const PostArgs<double>& a) { post_impl(g, a); }
 
-}  // namespace cpu
+}  // namespace propagate
 }  // namespace pysd

@@ -14,10 +14,13 @@ import numba
 import numpy as np
 import torch
 
+from .._codes import Divergence, TeacherFormat, acc_dtype
 from . import CACHE
 
-FKL, RKL, JSD = 0, 1, 2
-NO_TEACHER, LOGITS, PROBS, LOGPROBS = -1, 0, 1, 2
+# plain ints: numba folds them into the kernel as constants
+FKL, RKL, JSD = int(Divergence.FKL), int(Divergence.RKL), int(Divergence.JSD)
+NO_TEACHER, LOGITS = int(TeacherFormat.NONE), int(TeacherFormat.LOGITS)
+PROBS, LOGPROBS = int(TeacherFormat.PROBS), int(TeacherFormat.LOGPROBS)
 _FAST = {"nsz", "arcp", "contract", "reassoc"}  # no "nnan"/"ninf": inf and NaN keep IEEE meaning
 
 
@@ -29,6 +32,9 @@ def _row_max(x, c):
     return m
 
 
+# One kernel body of ~140 lines, over the ~60-line rule on purpose: it is the fused per-row loss and
+# gradient pass (the numba twin of csrc/cpu/kd_loss.cpp), whose passes share a dozen row statistics
+# that helpers would have to pass in and out.
 @numba.njit(cache=CACHE, parallel=True, fastmath=_FAST)
 def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t, soft_coef, hard_weight,
              smoothing, ignore_index, has_target, compute_grad, scratch, zero, one, npow, floor):
@@ -177,11 +183,11 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy()
 
 
-def kd_loss_backend(student, teacher, target, weight, grad_scale, *, compute_grad: bool, teacher_format: int,
+def backend(student, teacher, target, weight, grad_scale, *, compute_grad: bool, teacher_format: int,
                     divergence: int, beta: float, temperature: float, soft_coef: float, hard_weight: float,
                     label_smoothing: float, ignore_index: int):
     """Backend adapter; bf16/fp16 inputs are upcast to float32 (a copy) and the gradient cast back."""
-    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(student.dtype)
     s = student.to(acc)
     n, c = s.shape
     t = s[:1] if teacher is None else teacher.to(acc)
@@ -197,7 +203,8 @@ def kd_loss_backend(student, teacher, target, weight, grad_scale, *, compute_gra
     floor = typ(math.exp(math.log(2.0) * min_exp / npow)) if npow else typ(0.0)
     if n > 0:
         _kd_rows(_np(s), _np(t), _np(y), _np(w), typ(grad_scale), _np(grad), _np(rows),
-                 teacher_format if teacher is not None else NO_TEACHER, divergence, typ(beta), typ(1.0 / temperature),
+                 int(teacher_format) if teacher is not None else NO_TEACHER, int(divergence), typ(beta),
+                 typ(1.0 / temperature),
                  typ(soft_coef), typ(hard_weight), typ(label_smoothing), ignore_index, target is not None,
                  compute_grad, scratch, typ(0.0), typ(1.0), npow, floor)
     return rows, (grad.to(student.dtype) if compute_grad else None)

@@ -6,6 +6,7 @@ import numba
 import numpy as np
 import torch
 
+from .._codes import acc_dtype
 from . import CACHE
 
 
@@ -54,9 +55,9 @@ def _rows(p, out, k, renormalize):
                 out[i, j] = 1.0 / k
 
 
-def partial_labels_backend(probs: torch.Tensor, *, k: int, renormalize: bool) -> torch.Tensor:
+def backend(probs: torch.Tensor, *, k: int, renormalize: bool) -> torch.Tensor:
     """Backend adapter; bf16/fp16 rows are upcast to float32 (a copy) and the result cast back."""
-    acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(probs.dtype)
     p = probs.to(acc).contiguous()
     out = torch.empty_like(p)
     if p.numel():

@@ -13,6 +13,7 @@ import numba
 import numpy as np
 import torch
 
+from .._codes import Solver
 from . import CACHE
 
 BLOCK = 64
@@ -205,8 +206,8 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy()
 
 
-def propagate_backend(indptr, indices, values, seeds, given, *, alpha, solver, max_iter, tol):
-    """Backend adapter, same contract as ``pysd._ref.propagate.propagate_backend``."""
+def backend(indptr, indices, values, seeds, given, *, alpha, solver, max_iter, tol):
+    """Backend adapter, same contract as ``pysd._ref.propagate.backend``."""
     n, cols = seeds.shape
     blocks = max(1, -(-n // BLOCK))
     dt = _np(seeds).dtype
@@ -214,7 +215,7 @@ def propagate_backend(indptr, indices, values, seeds, given, *, alpha, solver, m
     acc = np.empty((numba.get_num_threads(), cols), dtype=dt)
     residual = torch.zeros(cols, dtype=torch.float64)
     g = (_np(indptr), _np(indices), _np(values))
-    if solver == 0:
+    if solver == Solver.CG:
         x, p, q = (torch.empty_like(seeds) for _ in range(3))
         it = _cg(*g, _np(x), _np(seeds), _np(p), _np(q), _np(residual), alpha, max_iter, tol, part, acc)
         flips, z, scores, oos = -1, x, q, p
