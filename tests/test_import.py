@@ -28,3 +28,12 @@ def test_unknown_attribute_is_an_attribute_error():
         assert "no_such_thing" in str(exc)
     else:
         raise AssertionError("pysd.no_such_thing did not raise")
+
+
+def test_first_knn_graph_call_does_not_import_dynamo():
+    """The op wrapper's first call imports torch._dynamo (seconds); eager knn_graph calls go around it."""
+    code = ("import sys, torch, pysd; g = pysd.knn_graph(torch.randn(40, 6), 5); "
+            "print(g.knn_indices.shape[1], 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["5", "False"]
