@@ -25,7 +25,7 @@ from conftest import RESULTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = os.environ.get("PYSD_BENCH_FULL") == "1"
-N, D, K, C = (100_000, 128, 10, 100) if FULL else (20_000, 64, 10, 20)
+N, D, K, C = (100_000, 128, 10, 100) if FULL else (5_000, 64, 10, 20)
 ITERS, CORES = 20, 2
 
 

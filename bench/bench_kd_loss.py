@@ -1,6 +1,6 @@
 """kd_loss fwd+bwd: pysd backends vs PyTorch eager and torch.compile (same run).
 
-Config (DESIGN.md targets): fp32, T=4, hard_weight=0.5, fkl, N x C in {4096 x 1000, 1024 x 32000}.
+Config (the design targets): fp32, T=4, hard_weight=0.5, fkl, N x C in {4096 x 1000, 1024 x 32000}.
 Quick mode runs 4096 x 1000 and 256 x 32000; PYSD_BENCH_FULL=1 runs the headline sizes.
 Reports time, ratios, effective bandwidth 3*N*C*4 B / time against the measured copy
 bandwidth, and peak extra memory in units of one (N, C) fp32 buffer.
@@ -85,7 +85,8 @@ def test_kd_loss_fwd_bwd(benchmark, copy_gbs, impl, n, c):
     gbs = 3 * n * c * 4 / secs / 1e9
     record(f"kd_loss fwd+bwd {n}x{c} fp32 T=4 hard=0.5", impl, benchmark,
            eff_GBps=round(gbs, 1), pct_copy_bw=round(100 * gbs / copy_gbs, 1),
-           peak_extra_NxC=peak_extra_buffers(impl, n, c))
+           # a fresh interpreter per measurement: quick mode measures the first size only (same ratio)
+           peak_extra_NxC=peak_extra_buffers(impl, n, c) if FULL or (n, c) == SIZES[0] else "full mode")
 
 
 @pytest.mark.parametrize("n,c", SIZES, ids=[f"{n}x{c}" for n, c in SIZES])

@@ -6,7 +6,7 @@ generator ("hard": spread 0.6, C=100 unit centres, L2-normalised rows, seed 0), 
 timed; each contender gets one warm-up and 3 timed rounds (median); the summary prints the
 ratios measured in this run, recall / agreement and the peak extra RSS of one call.
 
-    python -m pytest bench/bench_knn_graph.py -s                 # quick: N=20k
+    python -m pytest bench/bench_knn_graph.py -s                 # quick: N=5k
     PYSD_BENCH_FULL=1 python -m pytest bench/bench_knn_graph.py -s   # headline: N=100k
     PYSD_BENCH_N=50000 ...                                         # any N
 """
@@ -34,7 +34,8 @@ from pysd.ops.knn_graph import _knn_graph_op, tile_shape  # noqa: E402
 faiss = pytest.importorskip("faiss")
 
 THREADS = 2
-N = 100_000 if os.environ.get("PYSD_BENCH_FULL") else int(os.environ.get("PYSD_BENCH_N", 20_000))
+# quick mode (the default, and `pysd bench`) stays within a two-minute budget for the whole suite on 2 cores
+N = 100_000 if os.environ.get("PYSD_BENCH_FULL") == "1" else int(os.environ.get("PYSD_BENCH_N", 5_000))
 D, K, C, SPREAD, GAMMA = 128, 10, 100, 0.6, 3.0
 ROUNDS = 3
 RESULTS = {}

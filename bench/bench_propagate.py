@@ -1,6 +1,6 @@
 """Label propagation benchmark (cg and iterate against their scipy peers).
 
-    python -m pytest bench/bench_propagate.py -s                      # quick: N=20k
+    python -m pytest bench/bench_propagate.py -s                      # quick: N=5k
     PYSD_BENCH_FULL=1 python -m pytest bench/bench_propagate.py -s    # headline: N=100k, d=128, k=10, C=100
     PYSD_BENCH_SKIP_SKLEARN=1 ...                                     # leave out LabelSpreading (~1 min at 100k)
 
@@ -27,7 +27,7 @@ import pysd  # noqa: E402
 
 faiss = pytest.importorskip("faiss")
 FULL = os.environ.get("PYSD_BENCH_FULL") == "1"
-N, D, K, C = (100_000 if FULL else 20_000), 128, 10, 100
+N, D, K, C = (100_000 if FULL else 5_000), 128, 10, 100
 ALPHA, ITERS = 0.99, 20
 torch.set_num_threads(2)
 faiss.omp_set_num_threads(2)

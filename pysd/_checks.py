@@ -125,3 +125,16 @@ def rows_list(mask: Tensor) -> str:
     rows = mask.nonzero().flatten()
     shown = ", ".join(str(int(r)) for r in rows[:5])
     return f"[{shown}{', ...' if rows.numel() > 5 else ''}] ({rows.numel()} row{'s' if rows.numel() != 1 else ''})"
+
+
+def hard_weight(op: str, value, has_teacher: bool, has_target: bool) -> float:
+    """kd_loss's ``hard_weight``: ``None`` means 0.5 with a teacher and a target, 1.0 with a target alone
+    (plain CE), 0 without a target; an explicit 0 with a target keeps it for ``ignore_index`` only.
+    With no teacher an explicit 0 would leave no term: ValueError."""
+    if value is None:
+        return 0.0 if not has_target else (0.5 if has_teacher else 1.0)
+    v = real(op, "hard_weight", value, 0.0)
+    if v == 0.0 and not has_teacher:
+        raise ValueError(f"{op}: hard_weight=0 with teacher=None leaves no loss term; pass hard_weight > 0 "
+                         "or None (1.0: plain cross-entropy)")
+    return v

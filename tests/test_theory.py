@@ -1,4 +1,4 @@
-"""pysd.theory against the validation cases of reference/sd_theory.md (§7) and independent formulas.
+"""pysd.theory against the validation cases of Jeong & Chung (arXiv 2402.10482) and independent formulas.
 
 Expected numbers come from the spec's tables; formulas used as references are written
 out here (direct linear solves, eigendecompositions), not taken from the code under test.

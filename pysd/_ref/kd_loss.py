@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 
+from .. import _checks
 from .._codes import Divergence, TeacherFormat, acc_dtype
 
 
@@ -142,7 +143,7 @@ def backend(
 
 def kd_loss(student_logits: torch.Tensor, teacher: Optional[torch.Tensor] = None,
             target: Optional[torch.Tensor] = None, *, teacher_format: str = "logits", divergence: str = "fkl",
-            beta: float = 0.5, temperature: float = 1.0, scale_t2: bool = True, hard_weight: float = 0.0,
+            beta: float = 0.5, temperature: float = 1.0, scale_t2: bool = True, hard_weight: Optional[float] = None,
             soft_weight: float = 1.0, label_smoothing: float = 0.0, ignore_index: int = -100,
             weight: Optional[torch.Tensor] = None, reduction: str = "mean",
             normalizer: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -159,8 +160,7 @@ def kd_loss(student_logits: torch.Tensor, teacher: Optional[torch.Tensor] = None
     w = None if weight is None else weight.reshape(-1).to(s.dtype)
     if divergence == "jsd" and beta in (0.0, 1.0):
         divergence = "fkl" if beta == 0.0 else "rkl"
-    if teacher is None and hard_weight == 0.0:
-        hard_weight = 1.0
+    hard_weight = _checks.hard_weight("kd_loss", hard_weight, teacher is not None, target is not None)
     coef = 0.0 if teacher is None else soft_weight * (temperature ** 2 if scale_t2 else 1.0)
     rows = kd_loss_rows(s, t, y, w, teacher_format=TeacherFormat[teacher_format.upper()],
                         divergence=Divergence[divergence.upper()], beta=beta, temperature=temperature,

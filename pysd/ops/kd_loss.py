@@ -163,7 +163,7 @@ def _check_options(teacher_format, divergence, reduction, beta, temperature, har
         teacher_format=_checks.option(OP, "teacher_format", teacher_format, TeacherFormat, options(TeacherFormat)),
         divergence=div, reduction=_checks.option(OP, "reduction", reduction, Reduction, options(Reduction)),
         beta=beta, temperature=_checks.real(OP, "temperature", temperature, 0.0, lo_open=True),
-        hard_weight=_checks.real(OP, "hard_weight", hard_weight, 0.0),
+        hard_weight=hard_weight,
         soft_weight=_checks.real(OP, "soft_weight", soft_weight, 0.0),
         label_smoothing=_checks.real(OP, "label_smoothing", label_smoothing, 0.0, 1.0),
         ignore_index=_checks.integer(OP, "ignore_index", ignore_index))
@@ -200,7 +200,7 @@ def kd_loss(
     beta: float = 0.5,
     temperature: float = 1.0,
     scale_t2: bool = True,
-    hard_weight: float = 0.0,
+    hard_weight: Optional[float] = None,
     soft_weight: float = 1.0,
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
@@ -233,8 +233,11 @@ def kd_loss(
             (no hard term).  Rows with ``target == ignore_index`` contribute nothing to
             either term and are left out of the "mean" denominator.
         weight: ``(...)`` non-negative per-row weights (e.g. ambiguity weights) or None.
-        hard_weight, soft_weight: term weights.  With ``teacher=None`` the loss is the CE
-            alone, weighted by ``hard_weight`` (or 1 if ``hard_weight`` is 0).
+        hard_weight: weight of the CE term.  ``None`` (default): 0.5 with a teacher and a
+            target (the labels are never silently dropped), 1.0 with a target and no teacher
+            (plain CE), 0 without a target.  An explicit 0 with a teacher keeps ``target``
+            for ``ignore_index`` only (rows to drop); with no teacher it is a ValueError.
+        soft_weight: weight of the soft term.
         reduction: ``"mean"`` divides the sum by the sum of the weights of non-ignored rows
             (their count without ``weight``); ``"sum"``; ``"batchmean"`` divides by the
             number of rows; ``"none"`` returns the per-row losses ``(...)``.  A mean over
@@ -267,7 +270,7 @@ def kd_loss(
             raise ValueError(f"{OP}: normalizer replaces the 'mean' denominator; got reduction={reduction!r}")
         if not isinstance(normalizer, Tensor) or normalizer.numel() != 1:
             raise TypeError(f"{OP}: normalizer must be a one-element tensor")
-    hard = 1.0 if teacher is None and o["hard_weight"] == 0.0 else o["hard_weight"]
+    hard = _checks.hard_weight(OP, o["hard_weight"], teacher is not None, target is not None)
     soft_coef = 0.0 if teacher is None else o["soft_weight"] * (o["temperature"] ** 2 if scale_t2 else 1.0)
     c = student_logits.shape[-1]
     s2 = _rows_view(student_logits, c)

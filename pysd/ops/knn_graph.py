@@ -38,12 +38,18 @@ _backend.register(OP)
 # --------------------------------------------------------------------------- custom op
 
 
-@torch.library.custom_op("pysd::knn_graph", mutates_args=())
-def _knn_graph_op(x: Tensor, sqnorm: Optional[Tensor], k: int, exclude_self: bool, tile_rows: int,
-                  tile_cols: int) -> Tuple[Tensor, Tensor]:
+def _knn_lists(x: Tensor, sqnorm: Optional[Tensor], k: int, exclude_self: bool, tile_rows: int,
+               tile_cols: int) -> Tuple[Tensor, Tensor]:
     """Validated ``x: (N, d)`` → (indices int32 ``(N, k)``, similarities ``(N, k)``), best first."""
     fn = _backend.select(OP, x.device.type)[1]
     return fn(x, sqnorm, k, exclude_self, tile_rows, tile_cols)
+
+
+@torch.library.custom_op("pysd::knn_graph", mutates_args=())
+def _knn_graph_op(x: Tensor, sqnorm: Optional[Tensor], k: int, exclude_self: bool, tile_rows: int,
+                  tile_cols: int) -> Tuple[Tensor, Tensor]:
+    """:func:`_knn_lists` as a torch op, for torch.compile graphs (no gradient flows through it)."""
+    return _knn_lists(x, sqnorm, k, exclude_self, tile_rows, tile_cols)
 
 
 @_knn_graph_op.register_fake
@@ -238,7 +244,10 @@ def knn_graph(
     if method == "faiss":
         idx, sims = _faiss_topk(x, k, metric, exclude_self, nprobe)
     else:
-        idx, sims = _knn_graph_op(x, sqnorm, k, exclude_self, tile_rows, tile_cols)
+        # Eager calls skip the op wrapper: its first call imports torch._dynamo (seconds), and an op
+        # without autograd gains nothing from the dispatcher outside a compiled graph.
+        lists = _knn_graph_op if torch.compiler.is_compiling() else _knn_lists
+        idx, sims = lists(x, sqnorm, k, exclude_self, tile_rows, tile_cols)
     indptr, indices, values = build_csr(idx, affinity(sims, metric, power), n, symmetrize, normalize)
     return Graph(indptr=indptr, indices=indices, values=values, num_nodes=n, knn_indices=idx,
                  knn_similarities=sims, metric=metric)
