@@ -361,4 +361,4 @@ def knn_graph(
         idx, sims = _knn_topk_op(x, sqnorm, k, exclude_self, tile_rows, tile_cols)
     indptr, indices, values = build_csr(idx, _affinity(sims, metric, float(power)), n, symmetrize, normalize)
     return Graph(indptr=indptr, indices=indices, values=values, num_nodes=n, knn_indices=idx,
-                 knn_similarities=sims)
+                 knn_similarities=sims, _validated=True)
