@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _backend
+from .. import _backend, _guards
 from .._ref import kd_loss as _ref_kd  # noqa: F401  (registers the torch backend)
 
 _DIVERGENCES = {"fkl": 0, "rkl": 1, "jsd": 2}
@@ -172,6 +172,7 @@ def kd_loss(
     weight: Optional[Tensor] = None,
     reduction: str = "mean",
     normalizer: Optional[Tensor] = None,
+    check_finite: Optional[bool] = None,
 ) -> Tensor:
     r"""Fused distillation loss: hard cross-entropy plus a tempered soft divergence, in one pass per row.
 
@@ -207,7 +208,17 @@ def kd_loss(
             gradient, not NaN.
         normalizer: optional 0-d tensor replacing the "mean" denominator (e.g. the global
             count of non-ignored rows under DDP, or the item count of a gradient-accumulation
-            step); no host synchronisation.
+            step); no host synchronisation.  It must be ``> 0`` and finite, or exactly 0 (the
+            empty mean: loss 0, zero gradient, as :func:`pysd.distributed.global_normalizer`
+            returns when every rank ignores every row).  A CPU normalizer is checked (no sync:
+            ``ValueError`` for NaN, inf or a negative value); one on a GPU, or any normalizer
+            while ``torch.compile`` traces, is not read on the host, and a bad value then makes
+            the loss and gradient NaN instead of silently 0.
+        check_finite: raise ``ValueError`` naming the argument when ``student_logits``,
+            ``teacher``, ``weight`` or ``normalizer`` hold NaN or inf (one host synchronisation;
+            skipped while ``torch.compile`` traces).  None (default) reads the environment
+            variable ``PYSD_CHECK_FINITE`` (``1`` turns it on).  Off, NaN/inf inputs propagate
+            NaN to the loss and gradient as PyTorch's losses do.
 
     Returns:
         0-d loss, or ``(...)`` for ``reduction="none"``, in the input dtype.  bf16/fp16
@@ -242,6 +253,9 @@ def kd_loss(
     label_smoothing = _check_number("label_smoothing", label_smoothing, 0.0, 1.0)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"kd_loss: ignore_index must be an int, got {type(ignore_index).__name__}")
+    if not -2**63 <= ignore_index < 2**63:
+        raise ValueError(f"kd_loss: ignore_index must fit in int64 (targets are int64), got {ignore_index}")
+    check_finite = _guards.finite_checks(check_finite)
     if teacher is None and target is None:
         raise ValueError("kd_loss: give a teacher (soft term), a target (hard term), or both")
     if div == _DIVERGENCES["jsd"] and beta in (0.0, 1.0):
@@ -295,6 +309,15 @@ def kd_loss(
             raise ValueError(f"kd_loss: normalizer replaces the 'mean' denominator; got reduction={reduction!r}")
         if not isinstance(normalizer, Tensor) or normalizer.numel() != 1:
             raise TypeError("kd_loss: normalizer must be a one-element tensor")
+        if normalizer.is_complex() or normalizer.dtype == torch.bool:
+            raise TypeError(f"kd_loss: normalizer must be a real number tensor, got {normalizer.dtype}")
+        if checks and (normalizer.device.type == "cpu" or check_finite):  # a CPU read costs no device sync
+            v = float(normalizer.detach().reshape(()))
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"kd_loss: normalizer must be finite and > 0 (or 0 for an empty mean), got {v}")
+    if checks and check_finite:
+        for name, t in (("student_logits", student_logits), ("teacher", teacher), ("weight", weight)):
+            _guards.require_finite("kd_loss", name, t)
 
     if teacher is None and hard_weight == 0.0:
         hard_weight = 1.0
@@ -320,7 +343,13 @@ def kd_loss(
                 denom = valid.sum().to(torch.float64)
             else:
                 denom = torch.tensor(float(n), **f64)
-        grad_scale = torch.where(denom > 0, 1.0 / denom, torch.zeros((), **f64))
+        if normalizer is not None:
+            # a bad normalizer that could not be read on the host shows as NaN, never as a silent 0
+            ok = torch.isfinite(denom) & (denom > 0)
+            grad_scale = torch.where(ok, 1.0 / torch.where(ok, denom, 1.0),
+                                     torch.where(denom == 0, 0.0, torch.nan).to(torch.float64))
+        else:
+            grad_scale = torch.where(denom > 0, 1.0 / denom, torch.zeros((), **f64))
     elif red == _REDUCTIONS["batchmean"]:
         grad_scale = torch.tensor(1.0 / n if n else 0.0, **f64)
     else:
