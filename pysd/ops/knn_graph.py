@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _backend
+from .. import _backend, _interop
 from .._ref import knn_graph as _ref_knn  # noqa: F401  (registers the torch backend)
 from ..graph import Graph
 
@@ -202,12 +202,8 @@ def build_csr(idx: Tensor, weights: Tensor, n: int, symmetrize: str, normalize: 
 
 
 def _as_tensor(features) -> Tensor:
-    if isinstance(features, Tensor):
-        return features.detach()
-    if isinstance(features, np.ndarray):
-        return torch.from_numpy(features if features.flags.writeable else features.copy())
-    if hasattr(features, "__dlpack__"):
-        return torch.from_dlpack(features)
+    if isinstance(features, (Tensor, np.ndarray)) or hasattr(features, "__dlpack__"):
+        return _interop.to_torch(features, "knn_graph", "features")[0].detach()
     raise TypeError(f"knn_graph: features must be a torch.Tensor, a numpy array or a DLPack array (e.g. CuPy), "
                     f"got {type(features).__name__}")
 
@@ -242,13 +238,25 @@ def prepare_features(x: Tensor, metric: str, rows: str = "rows") -> Tuple[Tensor
     """
     x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     bad = ~torch.isfinite(x).all(1)
-    if bool(bad.any()):
+    norms = torch.linalg.vector_norm(x, dim=1)  # scaled: finite for every finite row
+    zero = norms == 0
+    # the one synchronisation of the checks: bad rows, zero rows, the largest norm
+    top = norms.max() if x.shape[0] else norms.new_zeros(())
+    n_bad, n_zero, top = torch.stack([t.to(torch.float64) for t in (bad.sum(), zero.sum(), top)]).tolist()
+    if n_bad:
         raise ValueError(f"knn_graph: features must be finite; NaN or inf in {rows} {_rows_list(bad)}")
+    if metric != "cosine":
+        # |x_i . x_j| <= |x_i| |x_j| (every partial sum of the GEMM too); l2 adds |x_i|^2 + |x_j|^2
+        if top * top * (4.0 if metric == "l2" else 1.0) >= torch.finfo(x.dtype).max:
+            raise ValueError(f"knn_graph: features are too large for metric={metric!r} in {x.dtype}: the largest "
+                             f"row norm {top:.3g} makes similarities overflow (NaN/inf); scale the features, "
+                             "pass float64, or use metric='cosine'")
     if metric == "cosine":
-        norms = torch.linalg.vector_norm(x, dim=1)
-        zero = norms == 0
-        if bool(zero.any()):
+        if n_zero:
             raise ValueError(f"knn_graph: metric='cosine' needs non-zero rows; zero norm in {rows} {_rows_list(zero)}")
+        if not math.isfinite(top):  # a sum of squares overflowed: normalise the rows scaled to max |x| = 1
+            x = x / x.abs().amax(1, keepdim=True)
+            norms = torch.linalg.vector_norm(x, dim=1)
         return x / norms.unsqueeze(1), None
     x = x.contiguous()
     return x, ((x * x).sum(1) if metric == "l2" else None)

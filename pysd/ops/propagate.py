@@ -86,7 +86,9 @@ class Propagation:
     With ``z+ = max(Z, 0)`` the clipped solution and ``p = z+ / sum_c z+`` its L1 rows:
 
     Attributes:
-        scores: ``(N, C)`` ``z+`` with L2-normalised rows (LP-DeepSSL's ``probs_l1``); zero rows stay 0.
+        scores: ``(N, C)`` ``p``: the L1-normalised rows of ``z+`` (LP-DeepSSL's ``probs_l1``,
+            ``F.normalize(Z, p=1)`` with negatives clipped; the two agree whenever ``Z >= 0``, as it is
+            for non-negative graphs and seeds up to the solver's rounding).  Zero rows stay 0.
         labels: ``(N,)`` int64 ``argmax_c z+`` (first maximum), or -1 where ``z+`` is all zero
             (isolated nodes, components without a seed).
         confidence: ``(N,)`` ``max_c p`` (0 for zero rows).
