@@ -494,6 +494,9 @@ def propagate(local_graph: ShardedGraph, local_labels, *, group=None, num_classe
                                         or num_classes < 1):
             raise ValueError(f"propagate: num_classes must be an int >= 1, got {num_classes!r}")
         n, dev, dtype = local_graph.num_rows, local_graph.device, local_graph.dtype
+        if not soft:  # a rank holding a huge label fails here, before the ranks agree
+            _pg.check_class_buffers(n, num_classes if num_classes is not None else top + 1, num_classes is not None,
+                                    dtype, dev)
         labelled = lab.sum(1) > 0 if soft else lab >= 0
         seed = labelled
         if mask is not None:

@@ -343,3 +343,20 @@ def test_cuda_matches_cpp(problem, solver, dtype):
         a, b = getattr(cpu, f), getattr(gpu, f).cpu()
         assert torch.allclose(a, b, atol=tol * a.abs().max(), rtol=tol), f
     assert cpu.iterations == gpu.iterations and torch.equal(cpu.labels, gpu.labels.cpu())
+
+
+def test_absurd_class_counts_are_value_errors():
+    """Issue 10: num_classes=10**12 (or a label of 1e12) reached the allocator."""
+    g = pysd.Graph.from_scipy(sym_graph(np.random.default_rng(0).normal(size=(30, 4)), 3))
+    labels = np.arange(30) % 3
+    with pytest.raises(ValueError, match=r"propagate: num_classes=1000000000000 would need .* for four \(30, C\)"):
+        pysd.propagate(g, labels, num_classes=10**12)
+    labels[4] = 10**12
+    with pytest.raises(ValueError, match=r"propagate: labels \(largest label \+ 1\)=1000000000001 would need"):
+        pysd.propagate(g, labels)
+
+
+def test_negative_stride_labels_and_graph_parts():
+    g = pysd.Graph.from_scipy(sym_graph(np.random.default_rng(0).normal(size=(30, 4)), 3))
+    labels = (np.arange(30) % 3)[::-1]
+    np.testing.assert_array_equal(pysd.propagate(g, labels).labels, pysd.propagate(g, labels.copy()).labels)

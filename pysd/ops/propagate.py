@@ -9,7 +9,7 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _backend, _interop
+from .. import _backend, _guards, _interop
 from .._ref import propagate as _ref_prop  # noqa: F401  (registers the torch backend)
 from ..graph import Graph
 
@@ -136,6 +136,14 @@ def _number(name: str, value, lo: float, hi: Optional[float] = None, open_lo=Fal
     return v
 
 
+def check_class_buffers(n: int, c: int, given: bool, dtype: torch.dtype, device) -> None:
+    """``ValueError`` before the four ``(N, C)`` solver buffers of a C that cannot fit in memory
+    (``given``: C came from ``num_classes``, else from the largest label)."""
+    name = "num_classes" if given else "labels (largest label + 1)"
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    _guards.check_alloc("propagate", name, c, 4.0 * n * c * itemsize, f"four ({n}, C) {dtype} buffers", device)
+
+
 def _isolated(g: Graph) -> Tensor:
     """``(N,)`` bool: rows of S without a non-zero entry (an O(nnz) int64 prefix count)."""
     nz = torch.cumsum((g.values != 0).to(torch.int64), 0)
@@ -258,6 +266,7 @@ def propagate(graph, labels, *, num_classes: Optional[int] = None, mask=None, we
                 raise ValueError(f"propagate: labels contain class {top}, outside [0, num_classes={c})")
         labelled = lab >= 0
         given = lab
+        check_class_buffers(n, c, num_classes is not None, dtype, dev)
     if mask is None:
         seed = labelled
     else:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._guards import check_alloc
 from ..ops.kd_loss import kd_loss
 from ..ops.partial_labels import partial_labels
 
@@ -96,12 +97,16 @@ def _train(x: Tensor, w0: Tensor, targets: Tensor, lam: float, temperature: floa
 
 
 def _as_tensor(x, name, dtype, device=None) -> Tensor:
-    if isinstance(x, Tensor):
-        return x.detach().to(dtype=dtype, device=device if device is not None else x.device)
-    try:
-        return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{_WHERE}: {name} must be a tensor or array, got {type(x).__name__}") from exc
+    if not isinstance(x, Tensor):
+        try:
+            x = torch.as_tensor(np.ascontiguousarray(x), device=device)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{_WHERE}: {name} must be a tensor or array, got {type(x).__name__}") from exc
+    if x.is_complex() or (dtype == torch.int64 and (x.is_floating_point() or x.dtype == torch.bool)):
+        # a cast would truncate 0.5 / 1.5 to class 0 / 1 (or drop an imaginary part) without a word
+        raise TypeError(f"{_WHERE}: {name} must hold {'integer class indices' if dtype == torch.int64 else 'real numbers'}, "
+                        f"got {x.dtype}")
+    return x.detach().to(dtype=dtype, device=device if device is not None else x.device)
 
 
 def linear_probe_sd(features, noisy_labels, *, rounds: int, lam: float, variant: str = "sd",
@@ -177,6 +182,10 @@ def linear_probe_sd(features, noisy_labels, *, rounds: int, lam: float, variant:
     k = max(int(y.max()) + 1, 2) if num_classes is None else num_classes
     if int(y.min()) < 0 or int(y.max()) >= k:
         raise ValueError(f"{_WHERE}: noisy_labels must lie in [0, {k})")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    check_alloc(_WHERE, "num_classes" if num_classes is not None else "noisy_labels (largest label + 1)", k,
+                float(itemsize) * k * (3 * (rounds + 1) * n + (rounds + 1) * p + n),
+                "the (R+1, N, K) outputs and targets and the (R+1, p, K) weights", x.device)
     true = None
     if true_labels is not None:
         true = _as_tensor(true_labels, "true_labels", torch.int64, x.device)
