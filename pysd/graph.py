@@ -182,17 +182,20 @@ class Graph:
         return f"Graph(num_nodes={self.num_nodes}, nnz={self.nnz}{k}, dtype={self.dtype}, device={self.device})"
 
 
-def _check_csr(where: str, indptr: Tensor, indices: Tensor, values: Tensor, n: int, weights: bool = True) -> None:
-    """``ValueError`` unless ``(indptr, indices, values)`` is a well-formed CSR of ``n`` rows and columns
-    (with ``weights``: finite, non-negative values).  O(nnz) vectorised; one host synchronisation."""
+def _check_csr(where: str, indptr: Tensor, indices: Tensor, values: Tensor, n: int, weights: bool = True,
+               n_cols: Optional[int] = None, columns: str = "num_nodes") -> None:
+    """``ValueError`` unless ``(indptr, indices, values)`` is a well-formed CSR of ``n`` rows and ``n_cols``
+    (default ``n``) columns, with ``weights``: finite, non-negative values.  O(nnz) vectorised; one host
+    synchronisation.  ``columns`` names the column bound in the message."""
     nnz = indices.numel()
+    n_cols = n if n_cols is None else n_cols
     bad = torch.zeros(5, dtype=torch.bool, device=indptr.device)
     if n + 1 == indptr.numel():
         bad[0] = indptr[0] != 0
         bad[1] = indptr[-1] != nnz
         bad[2] = (indptr[1:] < indptr[:-1]).any() if n else False
     if nnz:
-        bad[3] = ((indices < 0) | (indices >= n)).any()
+        bad[3] = ((indices < 0) | (indices >= n_cols)).any()
         if weights:
             bad[4] = ~(torch.isfinite(values) & (values >= 0)).all()
     flags = bad.tolist()  # the one synchronisation: every rule is reduced on the device first
@@ -206,8 +209,8 @@ def _check_csr(where: str, indptr: Tensor, indices: Tensor, values: Tensor, n: i
         raise ValueError(f"{where}: indptr must be non-decreasing, but indptr[{row + 1}] = {int(indptr[row + 1])} "
                          f"< indptr[{row}] = {int(indptr[row])}")
     if flags[3]:
-        pos = int(((indices < 0) | (indices >= n)).nonzero()[0])
-        raise ValueError(f"{where}: indices must be column ids in [0, num_nodes={n}), got {int(indices[pos])} "
+        pos = int(((indices < 0) | (indices >= n_cols)).nonzero()[0])
+        raise ValueError(f"{where}: indices must be column ids in [0, {columns}={n_cols}), got {int(indices[pos])} "
                          f"at position {pos}")
     if flags[4]:
         pos = int((~(torch.isfinite(values) & (values >= 0))).nonzero()[0])
