@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -26,6 +26,7 @@ from ._ref import propagate as _lp
 from ._ref.knn_graph import select_topk
 from .ops import knn_graph as _kg
 from .ops import propagate as _pg
+from .graph import _check_csr
 from .ops.propagate import Propagation
 
 __all__ = ["global_normalizer", "knn_graph", "propagate", "ShardedGraph"]
@@ -41,6 +42,34 @@ def _world(group) -> Tuple[int, int]:
 def _peer(group, rank: int) -> int:
     """Global rank of ``rank`` in ``group`` (point-to-point calls take global ranks)."""
     return rank if group is None else dist.get_global_rank(group, rank)
+
+
+def _message(op: str, exc: Exception) -> str:
+    """The text a rank shares about its failed local checks (other error types keep their name)."""
+    if isinstance(exc, (TypeError, ValueError)):
+        return str(exc)
+    return f"{op}: {type(exc).__name__}: {exc}"
+
+
+def _flag_device(group) -> torch.device:
+    """Where a small collective tensor of ``group`` lives (NCCL reduces only CUDA tensors)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _agree_flag(op: str, group, error: Optional[str]) -> None:
+    """One small all-reduce of an error flag (the lowest failing rank); on failure every rank raises
+    ValueError with that rank's message (gathered only then).  Reading the flag back is a host sync on an
+    NCCL group."""
+    rank, p = _world(group)
+    flag = torch.tensor([rank if error is not None else p], dtype=torch.int64, device=_flag_device(group))
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+    first = int(flag)
+    if first < p:
+        messages: List = [None] * p
+        dist.all_gather_object(messages, error, group=group)
+        raise ValueError(f"pysd.distributed.{op}: rank {first}: {messages[first]}")
 
 
 def _agree(op: str, group, config: tuple, error: Optional[str], extra=None) -> list:
@@ -100,18 +129,40 @@ def global_normalizer(target: Tensor, ignore_index: int = -100, weight: Optional
     Args:
         target: ``(...)`` integer class indices or ``ignore_index`` (the ``target`` of ``kd_loss``).
         weight: ``(...)`` per-row weights or None (count rows).
+
+    Every rank checks its arguments and the ranks agree on the outcome with one small all-reduce before
+    the sum moves: a bad input on any rank raises ``ValueError`` on every rank.  On an NCCL group that
+    flag is read back (one host sync); the sum itself never is.
     """
-    if not isinstance(target, Tensor) or target.is_floating_point():
-        raise TypeError("global_normalizer: target must be an integer tensor of class indices")
+    op = "global_normalizer"
+    error = None
+    try:
+        if not isinstance(target, Tensor) or not _integer(target):
+            raise TypeError(f"{op}: target must be an integer tensor of class indices, got "
+                            f"{target.dtype if isinstance(target, Tensor) else type(target).__name__}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"{op}: ignore_index must be an int, got {type(ignore_index).__name__}")
+        if weight is not None:
+            if not isinstance(weight, Tensor) or not weight.is_floating_point():
+                raise TypeError(f"{op}: weight must be a floating-point tensor or None")
+            if weight.numel() != target.numel():
+                raise ValueError(f"{op}: weight has {weight.numel()} elements, target {target.numel()}")
+            if weight.device != target.device:
+                raise ValueError(f"{op}: weight is on {weight.device}, target on {target.device}")
+    except Exception as exc:  # noqa: BLE001  (any local failure must reach the other ranks)
+        error = _message(op, exc)
+    _agree_flag(op, group, error)
     valid = target.reshape(-1) != ignore_index
     if weight is None:
         total = valid.sum().to(torch.float64)
     else:
-        if weight.numel() != valid.numel():
-            raise ValueError(f"global_normalizer: weight has {weight.numel()} elements, target {valid.numel()}")
         total = (weight.detach().reshape(-1).to(torch.float64) * valid).sum()
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
     return total
+
+
+def _integer(t: Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
 # --------------------------------------------------------------------------- sharded graph
@@ -138,6 +189,32 @@ class ShardedGraph:
     num_nodes: int
     knn_indices: Optional[Tensor] = None
     knn_similarities: Optional[Tensor] = None
+    # True once checked by propagate (or built by pysd); not part of equality or repr
+    _validated: bool = field(default=False, repr=False, compare=False)
+
+    def validate(self, where: str = "ShardedGraph") -> None:
+        """``TypeError`` / ``ValueError`` unless this is a well-formed CSR of local rows with global columns
+        in ``[0, num_nodes)`` and finite, non-negative weights (as :class:`pysd.Graph`); O(nnz), once."""
+        if self._validated:
+            return
+        for name in ("indptr", "indices", "values"):
+            if not isinstance(getattr(self, name), Tensor) or getattr(self, name).dim() != 1:
+                raise TypeError(f"{where}: {name} must be a 1-D torch.Tensor")
+        if self.indptr.dtype != torch.int64 or self.indices.dtype != torch.int32 \
+                or self.values.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{where}: indptr must be int64, indices int32 and values float32/float64, got "
+                            f"{self.indptr.dtype}, {self.indices.dtype}, {self.values.dtype}")
+        for name in ("row_start", "num_nodes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{where}: {name} must be an int >= 0, got {v!r}")
+        if self.indptr.numel() < 1 or self.indices.shape != self.values.shape:
+            raise ValueError(f"{where}: indptr must have num_rows + 1 >= 1 entries and indices, values one per edge")
+        if self.row_start + self.num_rows > self.num_nodes:
+            raise ValueError(f"{where}: rows [{self.row_start}, {self.row_start + self.num_rows}) exceed "
+                             f"num_nodes={self.num_nodes}")
+        _check_csr(where, self.indptr, self.indices, self.values, self.num_rows, n_cols=self.num_nodes)
+        object.__setattr__(self, "_validated", True)
 
     @property
     def num_rows(self) -> int:
@@ -166,9 +243,15 @@ class ShardedGraph:
     def from_graph(cls, graph, row_start: int, row_end: int) -> "ShardedGraph":
         """Rows ``[row_start, row_end)`` of a whole graph (``pysd.Graph``, scipy or torch sparse)."""
         g = _pg.Graph.coerce(graph)
+        for name, v in (("row_start", row_start), ("row_end", row_end)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"ShardedGraph.from_graph: {name} must be an int, got {type(v).__name__}")
+        if not 0 <= row_start <= row_end <= g.num_nodes:
+            raise ValueError(f"ShardedGraph.from_graph: need 0 <= row_start <= row_end <= num_nodes={g.num_nodes}, "
+                             f"got row_start={row_start}, row_end={row_end}")
         lo, hi = int(g.indptr[row_start]), int(g.indptr[row_end])
         return cls(indptr=g.indptr[row_start:row_end + 1] - lo, indices=g.indices[lo:hi], values=g.values[lo:hi],
-                   row_start=row_start, num_nodes=g.num_nodes)
+                   row_start=int(row_start), num_nodes=g.num_nodes, _validated=True)
 
 
 class _Halo:
@@ -325,8 +408,8 @@ def knn_graph(local_features, k: int = 10, *, group=None, metric: str = "cosine"
     try:
         x, sqn, tile = _local_features(local_features, k, metric, power, symmetrize, normalize, exclude_self, tile)
         d, dt = x.shape[1], str(x.dtype)
-    except (TypeError, ValueError) as e:
-        error = str(e)
+    except Exception as e:  # noqa: BLE001  (any local failure must reach the other ranks)
+        error = _message("knn_graph", e)
     config = (k, d, dt, metric, power, symmetrize, normalize, exclude_self)
     sizes = _agree(op, group, config, error, None if x is None else x.shape[0])
     rank, p = _world(group)
@@ -385,7 +468,7 @@ def knn_graph(local_features, k: int = 10, *, group=None, metric: str = "cosine"
         out = _kg.normalized(out, deg[rows], deg_cols, normalize)
     return ShardedGraph(indptr=_kg.row_pointers(rows, n), indices=cols.to(torch.int32), values=out,
                         row_start=row_start, num_nodes=n_total, knn_indices=idx,
-                        knn_similarities=sims)
+                        knn_similarities=sims, _validated=True)
 
 
 def _transpose_edges(rows: Tensor, cols: Tensor, vals: Tensor, offsets: Tensor, group):
@@ -472,6 +555,7 @@ def propagate(local_graph: ShardedGraph, local_labels, *, group=None, num_classe
         if not isinstance(local_graph, ShardedGraph):
             raise TypeError(f"propagate: local_graph must be a pysd.distributed.ShardedGraph, "
                             f"got {type(local_graph).__name__}")
+        local_graph.validate("propagate: local_graph")
         lab, kind = _interop.to_torch(local_labels, "propagate", "labels")
         if lab.dtype == torch.bool or lab.is_complex():
             raise TypeError(f"propagate: labels must be integer (n,) or float (n, C), got {lab.dtype}")
@@ -518,8 +602,8 @@ def propagate(local_graph: ShardedGraph, local_labels, *, group=None, num_classe
             if not (bool(torch.isfinite(w).all()) and bool((w >= 0).all())):
                 raise ValueError("propagate: weights must be finite and non-negative")
         extra = (top, local_graph.row_start, n)
-    except (TypeError, ValueError) as e:
-        error = str(e)
+    except Exception as e:  # noqa: BLE001  (any local failure must reach the other ranks)
+        error = _message("propagate", e)
     config = (solver, alpha, max_iter, tol, class_mass_norm, num_classes,
               None if lab is None else (lab.is_floating_point(), lab.shape[1] if lab.dim() == 2 else None),
               None if error else str(local_graph.dtype), None if error else local_graph.num_nodes)
