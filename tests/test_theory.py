@@ -509,7 +509,8 @@ def test_min_rounds_reports_unbalanced_frequencies():
     given = np.concatenate([np.repeat(np.arange(K), row) for row in counts])
     m = th.label_confusion(true, given, K)
     lam = 1e-4
-    with pytest.warns(UserWarning, match=r"min_rounds: the label frequencies are not balanced \(max \|g_k - 1/K\| = 0\.15"):
+    with pytest.warns(UserWarning, match=r"min_rounds: the label frequencies are not balanced "
+                                         r"\(max \|g_k - 1/K\| = 0\.15"):
         r = th.min_rounds(m, n, C, D, lam)
     assert not r.balanced and r.imbalance == pytest.approx(0.15)
     block = th.block_sd_outputs(given, K, n, C, D, lam, 40, true_labels=true)  # the full linearised model
@@ -532,7 +533,8 @@ def test_complex_input_raises():
 
 
 def test_absurd_sizes_are_value_errors():
-    with pytest.raises(ValueError, match=r"sd_outputs: num_classes=1000000000000 would need .* for the \(N, K\) targets"):
+    with pytest.raises(ValueError, match=r"sd_outputs: num_classes=1000000000000 would need .* "
+                                         r"for the \(N, K\) targets"):
         th.sd_outputs(np.eye(5), np.arange(5) % 2, 10**12, 0.1, 1)
     with pytest.raises(ValueError, match=r"block_gram: K \* n=1000000 would need .*TiB"):
         th.block_gram(10**6, 1, C, D)

@@ -150,8 +150,8 @@ def _as_tensor(x, name, dtype, device=None) -> Tensor:
             raise TypeError(f"{_WHERE}: {name} must be a tensor or array, got {type(x).__name__}") from exc
     if x.is_complex() or (dtype == torch.int64 and (x.is_floating_point() or x.dtype == torch.bool)):
         # a cast would truncate 0.5 / 1.5 to class 0 / 1 (or drop an imaginary part) without a word
-        raise TypeError(f"{_WHERE}: {name} must hold {'integer class indices' if dtype == torch.int64 else 'real numbers'}, "
-                        f"got {x.dtype}")
+        what = "integer class indices" if dtype == torch.int64 else "real numbers"
+        raise TypeError(f"{_WHERE}: {name} must hold {what}, got {x.dtype}")
     return x.detach().to(dtype=dtype, device=device if device is not None else x.device)
 
 
