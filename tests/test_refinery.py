@@ -185,3 +185,11 @@ def test_aml_kd_loss_bad_mixup_and_weights():
         with pytest.raises(ValueError, match="aml_kd_loss: weights must be finite and non-negative"):
             aml_kd_loss(s, y, w)
     assert torch.isfinite(aml_kd_loss(s, y, torch.rand(6, generator=g), mixup=(mixed, perm, torch.tensor(0.5))))
+
+
+def test_negative_stride_numpy_inputs():
+    x, t_logits, noisy, _ = clustered(n=100)
+    rev = np.arange(100)[::-1]
+    a = LabelRefinery(5).initial(x.numpy()[::-1], t_logits.numpy()[::-1], noisy.numpy()[::-1], indices=rev)
+    b = LabelRefinery(5).initial(x, t_logits, noisy)
+    assert torch.equal(a.labels, b.labels)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -69,7 +70,8 @@ def _as_tensor(x, name: str, dtype=None) -> Tensor:
         t = x.detach()
     else:
         try:
-            t = torch.as_tensor(x)
+            # numpy views of any strides (X[::-1]) are copied to a layout torch can hold
+            t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x)
         except Exception as exc:  # noqa: BLE001
             raise TypeError(f"LabelRefinery: {name} must be a tensor or array, got {type(x).__name__}") from exc
     return t.to(dtype) if dtype is not None else t
