@@ -41,7 +41,7 @@ def _data():
 def _worker(rank, world, port, out):
     sys.path.insert(0, ROOT)
     import pysd
-    from pysd.distributed import _ShardOperator
+    from pysd.distributed.propagate import _ShardOperator
 
     torch.set_num_threads(max(1, CORES // world))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,

@@ -1,6 +1,6 @@
 """Exact kNN graph: pysd.knn_graph against faiss-cpu IndexFlatIP search + a scipy CSR build.
 
-Protocol (shared/reference/label_prop_peers.md §10): 2 threads everywhere, the §5 data
+Protocol: 2 threads everywhere, the data
 generator ("hard": spread 0.6, C=100 unit centres, L2-normalised rows, seed 0), d=128, k=10
 (search k+1, self dropped).  Neighbour sets are checked against faiss before anything is
 timed; each contender gets one warm-up and 3 timed rounds (median); the summary prints the
@@ -29,7 +29,7 @@ import scipy.sparse as sp  # noqa: E402
 import torch  # noqa: E402
 
 import pysd  # noqa: E402
-from pysd.ops.knn_graph import _knn_topk_op, _tile  # noqa: E402
+from pysd.ops.knn_graph import _knn_graph_op, tile_shape  # noqa: E402
 
 faiss = pytest.importorskip("faiss")
 
@@ -106,7 +106,7 @@ def peak_rss_delta(fn, *args):
 CONTENDERS = {
     "faiss search": lambda x, xt: faiss_search(x),
     "faiss + scipy graph": lambda x, xt: faiss_pipeline(x),
-    "pysd kNN lists": lambda x, xt: _knn_topk_op(xt, None, K, True, *_tile(None, "cpu")),
+    "pysd kNN lists": lambda x, xt: _knn_graph_op(xt, None, K, True, *tile_shape(None, "cpu")),
     "pysd knn_graph": lambda x, xt: pysd.knn_graph(xt, K),
 }
 

@@ -20,8 +20,29 @@ META = {}
 
 
 def record(group: str, impl: str, benchmark, **extra):
-    """Store the best time of a finished pytest-benchmark run under (group, impl)."""
-    RESULTS[group][impl] = {"seconds": float(benchmark.stats.stats.min), **extra}
+    """Store the median time of a finished pytest-benchmark run under (group, impl), with its min-max
+    spread over the rounds (this machine's timings swing between identical runs)."""
+    st = benchmark.stats.stats
+    RESULTS[group][impl] = {"seconds": float(st.median), "min_max_ms": f"{st.min * 1e3:.1f}-{st.max * 1e3:.1f}",
+                            "rounds": int(st.rounds), **extra}
+
+
+def paired(fns: dict, reps: int = 6) -> dict:
+    """Runs the callables of ``fns`` (name -> fn) interleaved, ``reps`` rounds in this process, the order
+    alternating per round; returns name -> list of seconds.  Ratios are then taken round by round."""
+    times = {k: [] for k in fns}
+    for i in range(reps):
+        for k in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def spread(values) -> str:
+    """``median (min-max)`` of a list of numbers."""
+    v = sorted(values)
+    return f"{v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2:.3g} ({v[0]:.3g}-{v[-1]:.3g})"
 
 
 def copy_bandwidth_gbs(nbytes: int = 256 << 20, reps: int = 5) -> float:

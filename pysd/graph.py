@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._guards import check_device
+from . import _checks
+
+
+class CsrArrays:
+    """Properties shared by the CSR graph types (:class:`Graph`, ``pysd.distributed.ShardedGraph``):
+    both hold ``indptr``, ``indices`` and ``values`` tensors."""
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored edges."""
+        return int(self.indices.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
 
 
 @dataclass(frozen=True)
-class Graph:
+class Graph(CsrArrays):
     """Sparse ``(num_nodes, num_nodes)`` graph in CSR form, held as torch tensors on one device.
 
     The structure is validated once, when the graph is built (O(nnz), one host synchronisation on a
@@ -43,6 +61,9 @@ class Graph:
     knn_similarities: Optional[Tensor] = None
     # True once the structure has been checked (or built by pysd); not part of equality or repr
     _validated: bool = field(default=False, repr=False, compare=False)
+    # derived data computed once per graph (the locality order and the reordered CSR); not an
+    # init argument, so copies made by ``to`` / ``replace`` start empty
+    _cache: Dict[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         for name in ("indptr", "indices", "values"):
@@ -68,19 +89,6 @@ class Graph:
             _check_csr("Graph", self.indptr, self.indices, self.values, n)
             object.__setattr__(self, "_validated", True)
 
-    @property
-    def nnz(self) -> int:
-        """Number of stored edges."""
-        return int(self.indices.numel())
-
-    @property
-    def device(self) -> torch.device:
-        return self.values.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.values.dtype
-
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "Graph":
         """Copy to another device and/or values dtype (float32/float64).
 
@@ -88,7 +96,7 @@ class Graph:
         dtype.  A dtype change re-validates the weights (float64 values can overflow float32).
         """
         if device is not None:
-            device = check_device("Graph.to", device)
+            device = _checks.device("Graph.to", device)
         if dtype is not None and dtype not in (torch.float32, torch.float64):
             raise TypeError(f"Graph.to: dtype must be torch.float32 or torch.float64, got {dtype}")
 
@@ -100,6 +108,41 @@ class Graph:
         return replace(self, indptr=mv(self.indptr), indices=mv(self.indices), values=mv(self.values, True),
                        knn_indices=mv(self.knn_indices), knn_similarities=mv(self.knn_similarities, True),
                        _validated=dtype is None or dtype == self.dtype)
+
+    def locality_order(self) -> Tensor:
+        """``(num_nodes,)`` int64 node order (new position -> old node) that keeps neighbours close.
+
+        Reverse Cuthill-McKee (``scipy.sparse.csgraph``) on the structure of ``S + S^T``: rows
+        that share neighbours get nearby positions, so a pass over the rows gathers neighbour
+        rows that are still in cache.  Computed on the CPU once per graph and cached on it.
+        """
+        if "order" not in self._cache:
+            from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+            order = reverse_cuthill_mckee(self.to_scipy(), symmetric_mode=False)
+            self._cache["order"] = torch.from_numpy(order.astype(np.int64)).to(self.device)
+        return self._cache["order"]
+
+    def reordered(self) -> Tuple["Graph", Tensor]:
+        """``(P S P^T, order)`` with ``order = locality_order()``: row and column ``r`` of the result
+        are node ``order[r]`` of this graph (indices sorted per row; kNN lists are not carried).
+        Cached on this graph.  Memory: the new CSR plus O(nnz) int64 temporaries while it is built."""
+        if "reordered" not in self._cache:
+            order = self.locality_order()
+            n, dev = self.num_nodes, self.device
+            inv = torch.empty_like(order)
+            inv[order] = torch.arange(n, device=dev)
+            deg = (self.indptr[1:] - self.indptr[:-1])[order]
+            indptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+            indptr[1:] = deg.cumsum(0)
+            rows = torch.repeat_interleave(torch.arange(n, device=dev), deg)
+            src = self.indptr[order][rows] + torch.arange(self.nnz, device=dev) - indptr[rows]
+            cols = inv[self.indices[src].to(torch.int64)]
+            sort = torch.argsort(rows * n + cols)
+            g = Graph(indptr=indptr, indices=cols[sort].to(torch.int32), values=self.values[src[sort]],
+                      num_nodes=n, _validated=True)
+            self._cache["reordered"] = g
+        return self._cache["reordered"], self.locality_order()
 
     def to_scipy(self):
         """``scipy.sparse.csr_matrix`` copy (on the CPU)."""
@@ -127,7 +170,7 @@ class Graph:
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"Graph.from_scipy: dtype must be torch.float32 or torch.float64, got {dtype}")
         if device is not None:
-            device = check_device("Graph.from_scipy", device)
+            device = _checks.device("Graph.from_scipy", device)
         if matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"Graph.from_scipy: the matrix must be square, got shape {matrix.shape}")
         if matrix.format in ("csr", "csc"):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
 import torch
 
-from .._guards import check_alloc
+from .. import _checks
 
 
 def as_float64(x, name: str, where: str, ndim: Optional[int] = None) -> np.ndarray:
@@ -47,12 +46,12 @@ def as_int_labels(x, name: str, where: str, n: int, num_classes: int) -> np.ndar
 
 def targets(labels, num_classes: int, where: str) -> np.ndarray:
     """Given labels → ``(N, K)`` float64 targets: one-hot for ``(N,)`` integers, or soft rows ``(N, K)``."""
-    check_int("num_classes", num_classes, where, lo=2)
+    _checks.integer(where, "num_classes", num_classes, lo=2)
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)
     if arr.ndim == 1:
-        check_alloc(where, "num_classes", num_classes, 8.0 * arr.shape[0] * num_classes, "the (N, K) targets")
+        _checks.alloc(where, "num_classes", num_classes, 8.0 * arr.shape[0] * num_classes, "the (N, K) targets")
         y = as_int_labels(arr, "labels", where, arr.shape[0], num_classes)
         out = np.zeros((y.shape[0], num_classes))
         out[np.arange(y.shape[0]), y] = 1.0
@@ -65,27 +64,6 @@ def targets(labels, num_classes: int, where: str) -> np.ndarray:
             raise ValueError(f"{where}: soft labels must be probability rows (non-negative, summing to 1)")
         return out
     raise ValueError(f"{where}: labels must be (N,) class indices or (N, K) soft labels, got shape {arr.shape}")
-
-
-def check_real(name: str, value, where: str, lo=None, lo_open=False, hi=None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{where}: {name} must be finite, got {value}")
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ValueError(f"{where}: {name} must be {'>' if lo_open else '>='} {lo}, got {value}")
-    if hi is not None and v > hi:
-        raise ValueError(f"{where}: {name} must be <= {hi}, got {value}")
-    return v
-
-
-def check_int(name: str, value, where: str, lo: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{where}: {name} must be an int, got {type(value).__name__}")
-    if value < lo:
-        raise ValueError(f"{where}: {name} must be >= {lo}, got {value}")
-    return int(value)
 
 
 def top_k_targets(scores: np.ndarray, k: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """``sd_outputs``: every round's outputs of multi-round self-distillation of a linear probe.
 
-Model (Jeong & Chung, arXiv 2402.10482; see ``reference/sd_theory.md``): a bias-free
+Model (Jeong & Chung, arXiv 2402.10482): a bias-free
 linear probe ``z_i = W x_i / tau`` on fixed features, trained on soft targets by
 ``(1/N) sum_i CE(t_i, softmax(z_i)) + (lam/2) ||W||_F^2``.  Round 0 (the teacher)
 trains on the given labels ``Y``; round ``t`` on the previous round's outputs
@@ -21,9 +21,9 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import scipy.linalg
 
+from .. import _checks
 from . import exact as _exact
-from .._guards import check_alloc
-from ._inputs import as_float64, as_int_labels, check_int, check_real, targets, top_k_targets
+from ._inputs import as_float64, as_int_labels, targets, top_k_targets
 
 _WHERE = "sd_outputs"
 _MODES = ("linearized", "exact")
@@ -91,15 +91,15 @@ def _check_common(variant, mode, rounds, xi, lam, temperature, where):
         raise ValueError(f"{where}: variant must be one of {_VARIANTS}, got {variant!r}")
     if mode not in _MODES:
         raise ValueError(f"{where}: mode must be one of {_MODES}, got {mode!r}")
-    rounds = check_int("rounds", rounds, where)
-    xi = check_real("xi", xi, where)
+    rounds = _checks.integer(where, "rounds", rounds, lo=0)
+    xi = _checks.real(where, "xi", xi)
     if variant != "mix" and xi != 1.0:
         raise ValueError(f"{where}: xi is the mixing weight of variant='mix'; got xi={xi} with variant={variant!r}")
     if variant == "pll" and rounds != 1:
         raise ValueError(f"{where}: variant='pll' trains one student on the teacher's top-2 classes; "
                          f"rounds must be 1, got {rounds}")
-    lam = check_real("lam", lam, where, lo=0.0, lo_open=True)
-    temperature = check_real("temperature", temperature, where, lo=0.0, lo_open=True)
+    lam = _checks.real(where, "lam", lam, lo=0.0, lo_open=True)
+    temperature = _checks.real(where, "temperature", temperature, lo=0.0, lo_open=True)
     return rounds, xi, lam, temperature
 
 
@@ -239,7 +239,7 @@ def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: i
     n, k = y.shape
     if n == 0:
         raise ValueError(f"{_WHERE}: labels are empty (N = 0)")
-    check_alloc(_WHERE, "num_classes", k, 8.0 * 4 * (rounds + 1) * n * k, "the per-round (R+1, N, K) outputs")
+    _checks.alloc(_WHERE, "num_classes", k, 8.0 * 4 * (rounds + 1) * n * k, "the per-round (R+1, N, K) outputs")
     source, mat = _gram_input(gram_or_features, n, kind, _WHERE)
     tg_test = None
     if test_gram is not None:
@@ -247,8 +247,8 @@ def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: i
         if tg_test.shape[0] != n:
             raise ValueError(f"{_WHERE}: test_gram must have shape (N={n}, M), got {tg_test.shape}")
     true = None if true_labels is None else as_int_labels(true_labels, "true_labels", _WHERE, n, k)
-    tol = check_real("tol", tol, _WHERE, lo=0.0, lo_open=True)
-    max_iter = check_int("max_iter", max_iter, _WHERE, lo=1)
+    tol = _checks.real(_WHERE, "tol", tol, lo=0.0, lo_open=True)
+    max_iter = _checks.integer(_WHERE, "max_iter", max_iter, lo=1)
     lam_e = lam * temperature ** 2
     rho = k * n * lam_e
     if mode == "linearized" and source == "features" and mat.shape[1] < n:

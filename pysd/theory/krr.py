@@ -15,7 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from ._inputs import as_float64, check_int, check_real
+from .. import _checks
+from ._inputs import as_float64
 
 
 @dataclass
@@ -59,9 +60,9 @@ def krr_self_distillation(K, y, lam: float, rounds: int, alpha: float = 0.0, K_t
     yy = as_float64(y, "y", where)
     if yy.ndim not in (1, 2) or yy.shape[0] != n:
         raise ValueError(f"{where}: y must have shape ({n},) or ({n}, D), got {yy.shape}")
-    lam = check_real("lam", lam, where, lo=0.0, lo_open=True)
-    rounds = check_int("rounds", rounds, where)
-    alpha = check_real("alpha", alpha, where, lo=0.0, hi=1.0)
+    lam = _checks.real(where, "lam", lam, lo=0.0, lo_open=True)
+    rounds = _checks.integer(where, "rounds", rounds, lo=0)
+    alpha = _checks.real(where, "alpha", alpha, lo=0.0, hi=1.0)
     kt = None
     if K_test is not None:
         kt = as_float64(K_test, "K_test", where, ndim=2)

@@ -1,0 +1,196 @@
+"""Argument checks shared by every public function (ops, distributed, theory, recipes), one semantics each.
+
+Each check names the op and the argument in its message: ``TypeError`` for a wrong kind of value,
+``ValueError`` for a value out of range.  Add new checks here rather than next to an op.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+import os
+from enum import IntEnum
+from typing import Any, Iterable, Optional, Tuple, Type
+
+import numpy as np
+import torch
+from torch import Tensor
+
+TORCH, NUMPY = "torch", "numpy"
+
+
+def _interval(lo, hi, lo_open: bool, hi_open: bool) -> str:
+    if hi is None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    if lo is None:
+        return f"{'<' if hi_open else '<='} {hi}"
+    return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def real(op: str, name: str, value, lo: Optional[float] = None, hi: Optional[float] = None, *,
+         lo_open: bool = False, hi_open: bool = False) -> float:
+    """``value`` as a float: a real number (not a bool; TypeError), finite and within the bounds (ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    bad = not math.isfinite(v)
+    bad |= lo is not None and (v < lo or (lo_open and v == lo))
+    bad |= hi is not None and (v > hi or (hi_open and v == hi))
+    if bad:
+        where = _interval(lo, hi, lo_open, hi_open) if (lo is not None or hi is not None) else ""
+        raise ValueError(f"{op}: {name} must be a finite number {where}".rstrip() + f", got {value!r}")
+    return v
+
+
+def integer(op: str, name: str, value, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
+    """``value`` as an int: an integral number (not a bool; TypeError) within ``[lo, hi]`` (ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
+    v = int(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"{op}: {name} must be an int {_interval(lo, hi, False, False)}, got {v}")
+    return v
+
+
+def boolean(op: str, name: str, value) -> bool:
+    """``value`` if it is a bool (TypeError otherwise: 0/1 are not accepted)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def choice(op: str, name: str, value, options: Iterable):
+    """``value`` if it is one of ``options`` (strings, or None where listed); ValueError otherwise."""
+    options = tuple(options)
+    if (value is not None and not isinstance(value, str)) or value not in options:
+        raise ValueError(f"{op}: {name} must be one of {list(options)}, got {value!r}")
+    return value
+
+
+def option(op: str, name: str, value, enum: Type[IntEnum], options: Iterable[str]) -> IntEnum:
+    """The code (member of ``enum``) of the option string ``value``, one of ``options``."""
+    return enum[choice(op, name, value, options).upper()]
+
+
+def tensor(op: str, name: str, value, *, optional: bool = False) -> Optional[Tensor]:
+    """``value`` if it is a torch.Tensor (or None when ``optional``); TypeError otherwise."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, Tensor):
+        extra = " or None" if optional else ""
+        raise TypeError(f"{op}: {name} must be a torch.Tensor{extra}, got {type(value).__name__}")
+    return value
+
+
+def _from_numpy(x: np.ndarray) -> Tensor:
+    # torch.from_numpy shares memory: a read-only array would become a writable tensor (torch warns),
+    # and negative strides are not representable; both are copied.
+    if not x.flags.writeable or any(s < 0 for s in x.strides):
+        x = np.array(x, copy=True)
+    return torch.from_numpy(x)
+
+
+def array(op: str, name: str, value, *, sequences: bool = False) -> Tuple[Tensor, Any]:
+    """``(tensor, kind)`` for a torch tensor, numpy array or DLPack producer (CuPy, JAX, ...): no copy
+    when possible (read-only and negative-stride numpy views are copied).  ``kind`` feeds :func:`restore`.
+    With ``sequences`` nested lists / tuples of numbers are accepted too (as numpy)."""
+    if sequences and isinstance(value, (list, tuple)):
+        try:
+            value = np.asarray(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{op}: {name} must be an array of numbers, got {type(value).__name__}") from exc
+        if value.dtype == object:
+            raise TypeError(f"{op}: {name} must be an array of numbers, got a ragged or mixed sequence")
+    if isinstance(value, Tensor):
+        return value, TORCH
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biufc":
+            raise TypeError(f"{op}: {name} must hold numbers, got a numpy array of dtype {value.dtype}")
+        return _from_numpy(value), NUMPY
+    if hasattr(value, "__dlpack__"):
+        return torch.from_dlpack(value), type(value).__module__.split(".")[0]
+    raise TypeError(f"{op}: {name} must be a torch.Tensor, a numpy array or a DLPack array (e.g. CuPy), "
+                    f"got {type(value).__name__}")
+
+
+def restore(t: Optional[Tensor], kind: Any):
+    """``t`` as the kind of array :func:`array` saw (numpy copies to the host)."""
+    if kind == TORCH or t is None:
+        return t
+    if kind == NUMPY:
+        return t.detach().cpu().numpy()
+    return importlib.import_module(kind).from_dlpack(t.detach())
+
+
+def rows_list(mask: Tensor) -> str:
+    """``"[2, 9] (2 rows)"``: the first few rows where ``mask`` holds, for error messages."""
+    rows = mask.nonzero().flatten()
+    shown = ", ".join(str(int(r)) for r in rows[:5])
+    return f"[{shown}{', ...' if rows.numel() > 5 else ''}] ({rows.numel()} row{'s' if rows.numel() != 1 else ''})"
+
+
+_FINITE_ENV = "PYSD_CHECK_FINITE"
+
+
+def _device_memory(device) -> Optional[int]:
+    """Total bytes of ``device`` (physical RAM for the CPU), or None when unknown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.get_device_properties(dev).total_memory)
+    if dev.type == "cpu":
+        try:
+            return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            return None
+    return None
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def alloc(op: str, name: str, value, nbytes: float, what: str, device="cpu") -> None:
+    """Raise ``ValueError`` when an allocation of ``nbytes`` (driven by argument ``name=value``) cannot
+    fit in the memory of ``device``, before the allocator sees it."""
+    total = _device_memory(device)
+    if total is not None and nbytes > total:
+        raise ValueError(f"{op}: {name}={value} would need {_bytes(nbytes)} for {what}, more than the "
+                         f"{torch.device(device).type} memory ({_bytes(total)})")
+
+
+def device(op: str, value) -> torch.device:
+    """``torch.device(value)``, raising ``ValueError`` for a CUDA device torch cannot use here."""
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{op}: device must be a torch device or its name, got {value!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{op}: device={str(value)!r} but CUDA is not available in this torch build or machine")
+    return dev
+
+
+def finite_option(check_finite: Optional[bool]) -> bool:
+    """The effective ``check_finite``: the argument, or the ``PYSD_CHECK_FINITE`` environment variable
+    (``1`` / ``true`` / ``yes``) when the argument is None."""
+    if check_finite is None:
+        return os.environ.get(_FINITE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be a bool or None, got {type(check_finite).__name__}")
+    return check_finite
+
+
+def finite(op: str, name: str, t: Optional[Tensor]) -> None:
+    """Raise ``ValueError`` naming ``name`` if ``t`` holds NaN or inf (one host synchronisation)."""
+    if t is None or not t.numel() or not (t.is_floating_point() or t.is_complex()):
+        return
+    bad = ~torch.isfinite(t.detach())
+    if bool(bad.any()):
+        count = int(bad.sum())
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{op}: {name} has {count} NaN or inf entr{'y' if count == 1 else 'ies'} "
+                         f"(first at index {first})")
