@@ -264,7 +264,6 @@ def min_rounds(confusion, n: int, c: float, d: float, lam: float, *, temperature
 def _first_correct_round(m: np.ndarray, alpha: float, beta: float, gamma: float, horizon: int) -> Optional[int]:
     """First t <= horizon at which every (true a, given l) group with ``m[a, l] > 0`` has the strict argmax
     a of ``alpha^(t+1) [k = l] + (beta^(t+1) - alpha^(t+1)) m[a, k] + (gamma^(t+1) - beta^(t+1)) g[k]``."""
-    K = m.shape[0]
     g = m.mean(0)
     a_idx, l_idx = np.nonzero(m > 0)
     for t in range(horizon + 1):
