@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import _checks
+
 
 class CsrArrays:
     """Properties shared by the CSR graph types (:class:`Graph`, ``pysd.distributed.ShardedGraph``):
@@ -32,10 +34,19 @@ class CsrArrays:
 class Graph(CsrArrays):
     """Sparse ``(num_nodes, num_nodes)`` graph in CSR form, held as torch tensors on one device.
 
+    The structure is validated once, when the graph is built (O(nnz), one host synchronisation on a
+    GPU): ``indptr[0] == 0``, ``indptr`` non-decreasing, ``indptr[-1] == nnz``, every column in
+    ``[0, num_nodes)``, every weight finite and ``>= 0``.  A violation raises ``ValueError`` naming the
+    attribute, so no kernel ever reads a malformed graph.  Negative weights are rejected: the graph
+    holds affinities, and propagation's guarantees (non-negative scores, a convergent ``alpha S``
+    for a normalised ``S``) rest on them.  Graphs built by pysd (:func:`pysd.knn_graph`,
+    :meth:`to` on the same dtype) skip the check.
+
     Attributes:
         indptr: ``(num_nodes + 1,)`` int64 row pointers.
-        indices: ``(nnz,)`` int32 column indices, sorted within each row.
-        values: ``(nnz,)`` float32 or float64 edge weights.
+        indices: ``(nnz,)`` int32 column indices (sorted within each row by pysd's constructors;
+            any order is accepted).
+        values: ``(nnz,)`` float32 or float64 finite, non-negative edge weights.
         num_nodes: number of rows (= columns).
         knn_indices: ``(num_nodes, k)`` int32 raw neighbour lists from :func:`pysd.knn_graph`
             (nearest first, ties by lower index), or None for a user-supplied graph.
@@ -51,11 +62,18 @@ class Graph(CsrArrays):
     knn_indices: Optional[Tensor] = None
     knn_similarities: Optional[Tensor] = None
     metric: Optional[str] = None
+    # True once the structure has been checked (or built by pysd); not part of equality or repr
+    _validated: bool = field(default=False, repr=False, compare=False)
     # derived data computed once per graph (the locality order and the reordered CSR); not an
     # init argument, so copies made by ``to`` / ``replace`` start empty
     _cache: Dict[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        for name in ("indptr", "indices", "values"):
+            if not isinstance(getattr(self, name), Tensor):
+                raise TypeError(f"Graph: {name} must be a torch.Tensor, got {type(getattr(self, name)).__name__}")
+        if isinstance(self.num_nodes, bool) or not isinstance(self.num_nodes, (int, np.integer)) or self.num_nodes < 0:
+            raise ValueError(f"Graph: num_nodes must be an int >= 0, got {self.num_nodes!r}")
         n = int(self.num_nodes)
         if self.indptr.dim() != 1 or self.indptr.numel() != n + 1:
             raise ValueError(f"Graph: indptr must have shape ({n + 1},), got {tuple(self.indptr.shape)}")
@@ -67,16 +85,32 @@ class Graph(CsrArrays):
                             f"{self.indices.dtype}")
         if self.values.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"Graph: values must be float32 or float64, got {self.values.dtype}")
+        if not (self.indptr.device == self.indices.device == self.values.device):
+            raise ValueError(f"Graph: indptr, indices and values must be on one device, got {self.indptr.device}, "
+                             f"{self.indices.device}, {self.values.device}")
+        if not self._validated:
+            _check_csr("Graph", self.indptr, self.indices, self.values, n)
+            object.__setattr__(self, "_validated", True)
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "Graph":
-        """Copy to another device and/or values dtype (float32/float64)."""
+        """Copy to another device and/or values dtype (float32/float64).
+
+        Raises ``ValueError`` for a CUDA device when CUDA is not available, ``TypeError`` for another
+        dtype.  A dtype change re-validates the weights (float64 values can overflow float32).
+        """
+        if device is not None:
+            device = _checks.device("Graph.to", device)
+        if dtype is not None and dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"Graph.to: dtype must be torch.float32 or torch.float64, got {dtype}")
+
         def mv(t: Optional[Tensor], floating: bool = False) -> Optional[Tensor]:
             if t is None:
                 return None
             return t.to(device=device, dtype=dtype if (floating and dtype is not None) else t.dtype)
 
         return replace(self, indptr=mv(self.indptr), indices=mv(self.indices), values=mv(self.values, True),
-                       knn_indices=mv(self.knn_indices), knn_similarities=mv(self.knn_similarities, True))
+                       knn_indices=mv(self.knn_indices), knn_similarities=mv(self.knn_similarities, True),
+                       _validated=dtype is None or dtype == self.dtype)
 
     def locality_order(self) -> Tensor:
         """``(num_nodes,)`` int64 node order (new position -> old node) that keeps neighbours close.
@@ -109,7 +143,7 @@ class Graph(CsrArrays):
             cols = inv[self.indices[src].to(torch.int64)]
             sort = torch.argsort(rows * n + cols)
             g = Graph(indptr=indptr, indices=cols[sort].to(torch.int32), values=self.values[src[sort]],
-                      num_nodes=n)
+                      num_nodes=n, _validated=True)
             self._cache["reordered"] = g
         return self._cache["reordered"], self.locality_order()
 
@@ -159,8 +193,21 @@ class Graph(CsrArrays):
 
         if not sp.issparse(matrix):
             raise TypeError(f"Graph.from_scipy: expected a scipy sparse matrix, got {type(matrix).__name__}")
+        if np.iscomplexobj(matrix.data):
+            raise TypeError(f"Graph.from_scipy: matrix must hold real weights, got {matrix.dtype}")
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"Graph.from_scipy: dtype must be torch.float32 or torch.float64, got {dtype}")
+        if device is not None:
+            device = _checks.device("Graph.from_scipy", device)
         if matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"Graph.from_scipy: the matrix must be square, got shape {matrix.shape}")
+        if matrix.format in ("csr", "csc"):
+            # scipy does not check a user-built CSR / CSC: the conversions below would trust its indices
+            # (scipy stores indptr[-1] entries; longer index arrays are allowed and ignored)
+            ptr = torch.from_numpy(np.asarray(matrix.indptr, dtype=np.int64))
+            stored = min(int(ptr[-1]) if ptr.numel() else 0, len(matrix.indices))
+            _check_csr("Graph.from_scipy", ptr, torch.from_numpy(np.asarray(matrix.indices[:stored], dtype=np.int64)),
+                       torch.empty(0), int(matrix.shape[0]), weights=False)
         m = sp.csr_matrix(matrix, copy=True)
         m.sum_duplicates()
         m.sort_indices()
@@ -207,6 +254,8 @@ class Graph(CsrArrays):
         """From a square torch sparse tensor (COO or CSR)."""
         if not isinstance(matrix, Tensor) or matrix.layout not in (torch.sparse_coo, torch.sparse_csr):
             raise TypeError("Graph.from_torch: expected a torch sparse COO or CSR tensor")
+        if matrix.is_complex():
+            raise TypeError(f"Graph.from_torch: matrix must hold real weights, got {matrix.dtype}")
         if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"Graph.from_torch: the matrix must be square 2-D, got shape {tuple(matrix.shape)}")
         m = matrix.coalesce().to_sparse_csr() if matrix.layout == torch.sparse_coo else matrix
@@ -238,3 +287,39 @@ class Graph(CsrArrays):
     def __repr__(self) -> str:
         k = "" if self.knn_indices is None else f", k={self.knn_indices.shape[1]}"
         return f"Graph(num_nodes={self.num_nodes}, nnz={self.nnz}{k}, dtype={self.dtype}, device={self.device})"
+
+
+def _check_csr(where: str, indptr: Tensor, indices: Tensor, values: Tensor, n: int, weights: bool = True,
+               n_cols: Optional[int] = None, columns: str = "num_nodes") -> None:
+    """``ValueError`` unless ``(indptr, indices, values)`` is a well-formed CSR of ``n`` rows and ``n_cols``
+    (default ``n``) columns, with ``weights``: finite, non-negative values.  O(nnz) vectorised; one host
+    synchronisation.  ``columns`` names the column bound in the message."""
+    nnz = indices.numel()
+    n_cols = n if n_cols is None else n_cols
+    bad = torch.zeros(5, dtype=torch.bool, device=indptr.device)
+    if n + 1 == indptr.numel():
+        bad[0] = indptr[0] != 0
+        bad[1] = indptr[-1] != nnz
+        bad[2] = (indptr[1:] < indptr[:-1]).any() if n else False
+    if nnz:
+        bad[3] = ((indices < 0) | (indices >= n_cols)).any()
+        if weights:
+            bad[4] = ~(torch.isfinite(values) & (values >= 0)).all()
+    flags = bad.tolist()  # the one synchronisation: every rule is reduced on the device first
+    if flags[0]:
+        raise ValueError(f"{where}: indptr must start at 0, got indptr[0] = {int(indptr[0])}")
+    if flags[1]:
+        raise ValueError(f"{where}: indptr[-1] must equal nnz = {nnz} (the length of indices), "
+                         f"got {int(indptr[-1])}")
+    if flags[2]:
+        row = int((indptr[1:] < indptr[:-1]).nonzero()[0])
+        raise ValueError(f"{where}: indptr must be non-decreasing, but indptr[{row + 1}] = {int(indptr[row + 1])} "
+                         f"< indptr[{row}] = {int(indptr[row])}")
+    if flags[3]:
+        pos = int(((indices < 0) | (indices >= n_cols)).nonzero()[0])
+        raise ValueError(f"{where}: indices must be column ids in [0, {columns}={n_cols}), got {int(indices[pos])} "
+                         f"at position {pos}")
+    if flags[4]:
+        pos = int((~(torch.isfinite(values) & (values >= 0))).nonzero()[0])
+        raise ValueError(f"{where}: values must be finite, non-negative edge weights, got {float(values[pos])} "
+                         f"at position {pos}")

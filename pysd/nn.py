@@ -21,12 +21,12 @@ class DistillationLoss(torch.nn.Module):
     def __init__(self, *, teacher_format: str = "logits", divergence: str = "fkl", beta: float = 0.5,
                  temperature: float = 1.0, scale_t2: bool = True, hard_weight: Optional[float] = None,
                  soft_weight: float = 1.0, label_smoothing: float = 0.0, ignore_index: int = -100,
-                 reduction: str = "mean"):
+                 reduction: str = "mean", check_finite: Optional[bool] = None):
         super().__init__()
         self.options = dict(teacher_format=teacher_format, divergence=divergence, beta=beta,
                             temperature=temperature, scale_t2=scale_t2, hard_weight=hard_weight,
                             soft_weight=soft_weight, label_smoothing=label_smoothing, ignore_index=ignore_index,
-                            reduction=reduction)
+                            reduction=reduction, check_finite=check_finite)
 
     def forward(self, student_logits: Tensor, teacher: Optional[Tensor] = None, target: Optional[Tensor] = None,
                 weight: Optional[Tensor] = None, normalizer: Optional[Tensor] = None) -> Tensor:

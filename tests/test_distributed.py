@@ -220,3 +220,54 @@ def test_ddp_gradients_with_global_normalizer():
 
 def test_mismatch_raises_on_every_rank():
     spawn(_mismatch_worker, 3)
+
+
+def _one_bad_rank_worker(rank, world):
+    """Issue 10: a bad input on one rank only must raise ValueError on every rank (with that rank's message),
+    never leave the others waiting in a collective; after each failure the group is still in step."""
+    last = world - 1
+    bad = rank == last
+
+    def expect(match, call):
+        with pytest.raises(ValueError, match=rf"pysd\.distributed\.\w+: rank {last}: {match}"):
+            call()
+        t = torch.ones(1)
+        dist.all_reduce(t)  # every rank raised at the same point
+        assert float(t) == world
+
+    # global_normalizer: a float target (TypeError there) and a weight of the wrong length
+    target = torch.tensor([0, 1, -100, 2])
+    expect("global_normalizer: target must be an integer tensor",
+           lambda: pysd.distributed.global_normalizer(target.float() if bad else target))
+    expect("global_normalizer: weight has 3 elements",
+           lambda: pysd.distributed.global_normalizer(target, weight=torch.ones(3 if bad else 4)))
+    # knn_graph: strings, overflowing inner products
+    n = 10
+    x = _features(n * world)[rank * n:(rank + 1) * n]
+    expect("knn_graph: features must hold numbers",
+           lambda: pysd.distributed.knn_graph(np.array([["a"] * 16] * n) if bad else x, 3))
+    expect("knn_graph: features are too large for metric='ip'",
+           lambda: pysd.distributed.knn_graph(x * 1e30 if bad else x, 3, metric="ip"))
+    # propagate: a malformed shard, a huge label, an error of another type (a meta-device weight)
+    graph = pysd.distributed.knn_graph(x, 3)
+    y = _labels(n * world)[rank * n:(rank + 1) * n].clone()
+    y[0] = 1
+    cols = graph.indices.clone()
+    cols[0] = n * world + 5
+    broken = pysd.distributed.ShardedGraph(graph.indptr, cols, graph.values, graph.row_start, graph.num_nodes)
+    expect(r"propagate: local_graph: indices must be column ids in \[0, num_nodes=",
+           lambda: pysd.distributed.propagate(broken if bad else graph, y))
+    huge = y.clone()
+    huge[1] = 10**12
+    expect(r"propagate: labels \(largest label \+ 1\)=1000000000001 would need",
+           lambda: pysd.distributed.propagate(graph, huge if bad else y))
+    meta = torch.ones(n, device="meta")
+    expect("propagate: NotImplementedError",
+           lambda: pysd.distributed.propagate(graph, y, weights=meta if bad else None))
+    ok = pysd.distributed.propagate(graph, y)  # and the valid call still works afterwards
+    assert ok.labels.shape == (n,)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_bad_input_on_one_rank_raises_on_every_rank(world):
+    spawn(_one_bad_rank_worker, world)

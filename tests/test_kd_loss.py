@@ -391,6 +391,53 @@ def test_nan_logits_propagate(backend):
     assert torch.isnan(rows[1]) and torch.isfinite(rows[[0, 2]]).all()
 
 
+@pytest.mark.parametrize("value", [float("nan"), -1.0, float("inf"), -1e-30])
+def test_bad_normalizer_raises(value):
+    """Issue 10: a NaN or negative normalizer returned loss 0 with zero gradient (training silently stopped)."""
+    s = torch.randn(4, 5, requires_grad=True)
+    with pytest.raises(ValueError, match="kd_loss: normalizer must be finite and > 0"):
+        pysd.kd_loss(s, torch.randn(4, 5), normalizer=torch.tensor(value))
+
+
+def test_normalizer_that_cannot_be_read_gives_nan_not_zero(monkeypatch):
+    """A GPU normalizer (or any, under torch.compile) is not read on the host: a bad value must show as NaN."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the path that skips host reads
+    s = torch.randn(4, 5, requires_grad=True)
+    for value in (float("nan"), -2.0, float("inf")):
+        loss = pysd.kd_loss(s, torch.randn(4, 5), normalizer=torch.tensor(value))
+        loss.backward()
+        assert torch.isnan(loss) and torch.isnan(s.grad).all()
+        s.grad = None
+    zero = pysd.kd_loss(s, torch.randn(4, 5), normalizer=torch.tensor(0.0))  # the empty mean stays 0
+    zero.backward()
+    assert float(zero.detach()) == 0 and (s.grad == 0).all()
+
+
+def test_check_finite_names_the_argument(monkeypatch):
+    s, t, w = torch.randn(4, 5), torch.randn(4, 5), torch.rand(4)
+    for name in ("student_logits", "teacher", "weight"):
+        args = dict(student_logits=s.clone(), teacher=t.clone(), weight=w.clone())
+        args[name].view(-1)[1] = float("inf") if name == "teacher" else float("nan")
+        with pytest.raises(ValueError, match=f"kd_loss: {name} has 1 NaN or inf entry"):
+            pysd.kd_loss(args.pop("student_logits"), args.pop("teacher"), weight=args["weight"], check_finite=True)
+    bad = s.clone()
+    bad[0, 0] = float("nan")
+    assert torch.isnan(pysd.kd_loss(bad, t))  # off by default: NaN propagates as in PyTorch
+    monkeypatch.setenv("PYSD_CHECK_FINITE", "1")
+    with pytest.raises(ValueError, match="student_logits has 1 NaN or inf"):
+        pysd.kd_loss(bad, t)
+    with pytest.raises(ValueError, match="student_logits has 1 NaN or inf"):
+        pysd.nn.DistillationLoss()(bad, t)
+    assert torch.isnan(pysd.kd_loss(bad, t, check_finite=False))
+    with pytest.raises(TypeError, match="check_finite must be a bool"):
+        pysd.kd_loss(s, t, check_finite="yes")
+
+
+def test_ignore_index_outside_int64_is_a_value_error():
+    with pytest.raises(ValueError, match="kd_loss: ignore_index must fit in int64"):
+        pysd.kd_loss(torch.randn(3, 5), target=torch.zeros(3, dtype=torch.long), ignore_index=2**70)
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("divergence,teacher_format", [("fkl", "logits"), ("rkl", "logprobs"), ("jsd", "probs")])

@@ -293,6 +293,40 @@ def test_zero_rows_with_cosine_are_named():
     assert pysd.knn_graph(x, 3, metric="l2").num_nodes == 20  # fine for the other metrics
 
 
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_overflowing_similarities_raise(metric):
+    """Issue 10: metric='ip' on finite features of 1e30 returned a graph full of NaN."""
+    x = torch.randn(30, 4) * 1e30
+    with pytest.raises(ValueError, match=rf"knn_graph: features are too large for metric='{metric}'"):
+        pysd.knn_graph(x, 3, metric=metric)
+    g = pysd.knn_graph(x.double(), 3, metric=metric)  # float64 holds them
+    assert torch.isfinite(g.values).all() and torch.isfinite(g.knn_similarities).all()
+    cos = pysd.knn_graph(x, 3)  # cosine never overflows: rows are rescaled before normalising
+    ref = pysd.knn_graph(x / 1e30, 3)
+    assert torch.equal(cos.knn_indices, ref.knn_indices) and torch.isfinite(cos.values).all()
+
+
+def test_numpy_strings_name_features():
+    with pytest.raises(TypeError, match=r"knn_graph: features must hold numbers, got a numpy array of dtype <U"):
+        pysd.knn_graph(np.array([["a", "b"], ["c", "d"], ["e", "f"]]), 1)
+    with pytest.raises(TypeError, match=r"knn_graph: features must hold numbers.*object"):
+        pysd.knn_graph(np.array([[1, None], [2, 3]], dtype=object), 1)
+
+
+def test_negative_stride_and_read_only_numpy_views_are_accepted():
+    x = np.random.default_rng(0).normal(size=(40, 6))
+    g = pysd.knn_graph(x[::-1], 4)
+    ref = pysd.knn_graph(np.ascontiguousarray(x[::-1]), 4)
+    assert np.array_equal(g.knn_indices, ref.knn_indices)
+    ro = x[:, ::-2]
+    ro.flags.writeable = False
+    assert np.array_equal(pysd.knn_graph(ro, 4).knn_indices, pysd.knn_graph(ro.copy(), 4).knn_indices)
+    # and the same view through propagate (which accepted it before) and the selection ops
+    labels = np.arange(40)[::-1] % 3
+    assert pysd.propagate(g, labels).labels.shape == (40,)
+    assert pysd.small_loss_mask(x[::-1, 0].copy()[::-1], labels, 0.5).shape == (40,)
+
+
 # --------------------------------------------------------------------------- approximate search
 
 

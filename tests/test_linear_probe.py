@@ -110,3 +110,22 @@ def test_bad_arguments():
         linear_probe_sd(x, y, rounds=1, lam=0.1, num_classes=1)
     with pytest.raises(ValueError, match="true_labels"):
         linear_probe_sd(x, y, rounds=0, lam=0.1, true_labels=y[:3])
+
+
+def test_float_labels_and_absurd_classes():
+    """Issue 10: float labels 0.5 / 1.5 were truncated to classes 0 / 1 without a word; a label of 1e12
+    reached the allocator."""
+    x = np.random.default_rng(0).normal(size=(8, 3))
+    with pytest.raises(TypeError, match="linear_probe_sd: noisy_labels must hold integer class indices, got"):
+        linear_probe_sd(x, np.array([0.5, 1.5] * 4), rounds=1, lam=0.1)
+    with pytest.raises(TypeError, match="true_labels must hold integer class indices"):
+        linear_probe_sd(x, np.arange(8) % 2, rounds=1, lam=0.1, true_labels=torch.zeros(8))
+    labels = np.arange(8) % 2
+    labels[3] = 10**12
+    with pytest.raises(ValueError, match=r"linear_probe_sd: noisy_labels \(largest label \+ 1\)=1000000000001 "
+                                         r"would need"):
+        linear_probe_sd(x, labels, rounds=1, lam=0.1)
+    with pytest.raises(ValueError, match=r"linear_probe_sd: num_classes=1000000000000 would need"):
+        linear_probe_sd(x, np.arange(8) % 2, rounds=1, lam=0.1, num_classes=10**12)
+    with pytest.raises(TypeError, match="features must hold real numbers"):
+        linear_probe_sd(x.astype(complex), np.arange(8) % 2, rounds=1, lam=0.1)

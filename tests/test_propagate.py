@@ -133,8 +133,10 @@ def test_outputs_follow_lp_deepssl(problem):
     y[flip] = rng.integers(0, 6, flip.sum())
     r = pysd.propagate(S, y)
     z = np.maximum(r.raw_scores, 0)
-    assert np.allclose(r.scores, z / np.linalg.norm(z, axis=1, keepdims=True), atol=1e-6)
+    # scores are LP-DeepSSL's probs_l1 (F.normalize(Z, 1) then clipped: p=1 makes the rows L1, not L2;
+    # this line expected L2 rows before the issue-10 fix), i.e. the p below
     p = z / z.sum(1, keepdims=True)
+    assert np.allclose(r.scores, p, atol=1e-6)
     h = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0)).sum(1)
     w = 1 - h / np.log(6)
     assert np.allclose(r.entropy_weight, w / w.max(), atol=1e-5)
@@ -147,6 +149,32 @@ def test_outputs_follow_lp_deepssl(problem):
     assert sorted(r.issues.tolist()) == bad.tolist()
     margin = p[r.issues, r.labels[r.issues]] - p[r.issues, y[r.issues]]
     assert (np.diff(margin) <= 1e-6).all()
+
+
+@pytest.mark.parametrize("solver", ["cg", "iterate"])
+def test_scores_are_lp_deepssl_probs_l1(backend, problem, solver):
+    """Issue 10: ``scores`` was documented as LP-DeepSSL's ``probs_l1`` but had L2 rows."""
+    S, y = problem
+    r = pysd.propagate(S, y, solver=solver, max_iter=10)
+    peer = torch.nn.functional.normalize(torch.from_numpy(r.raw_scores.astype(np.float64)), 1).numpy()
+    peer[peer < 0] = 0  # LP-DeepSSL: probs_l1 = F.normalize(torch.tensor(Z), 1); probs_l1[probs_l1 < 0] = 0
+    assert np.allclose(r.scores, peer, atol=1e-6)
+    labelled = r.labels >= 0
+    assert np.allclose(r.scores[labelled].sum(1), 1, atol=1e-6)
+
+
+def test_refine_writes_l1_scores():
+    """`pysd refine` stores Propagation.scores: after the L1 fix its rows are the propagated label
+    distributions, whose maximum is the reported confidence (its labels and weights come from Z and
+    are unchanged by the fix)."""
+    from pysd.refine import refine_labels
+
+    x, y = blobs(120, 3, spread=1.0)
+    res = refine_labels(x.astype(np.float32), y, k=6)
+    kept = res["labels"] >= 0
+    assert np.allclose(res["scores"][kept].sum(1), 1, atol=1e-5)
+    assert np.allclose(res["scores"].max(1), res["confidence"], atol=1e-6)
+    assert np.array_equal(res["scores"].argmax(1)[kept], res["labels"][kept])
 
 
 def test_backends_agree_and_deterministic(problem):
@@ -315,6 +343,23 @@ def test_cuda_matches_cpp(problem, solver, dtype):
         a, b = getattr(cpu, f), getattr(gpu, f).cpu()
         assert torch.allclose(a, b, atol=tol * a.abs().max(), rtol=tol), f
     assert cpu.iterations == gpu.iterations and torch.equal(cpu.labels, gpu.labels.cpu())
+
+
+def test_absurd_class_counts_are_value_errors():
+    """Issue 10: num_classes=10**12 (or a label of 1e12) reached the allocator."""
+    g = pysd.Graph.from_scipy(sym_graph(np.random.default_rng(0).normal(size=(30, 4)), 3))
+    labels = np.arange(30) % 3
+    with pytest.raises(ValueError, match=r"propagate: num_classes=1000000000000 would need .* for four \(30, C\)"):
+        pysd.propagate(g, labels, num_classes=10**12)
+    labels[4] = 10**12
+    with pytest.raises(ValueError, match=r"propagate: labels \(largest label \+ 1\)=1000000000001 would need"):
+        pysd.propagate(g, labels)
+
+
+def test_negative_stride_labels_and_graph_parts():
+    g = pysd.Graph.from_scipy(sym_graph(np.random.default_rng(0).normal(size=(30, 4)), 3))
+    labels = (np.arange(30) % 3)[::-1]
+    np.testing.assert_array_equal(pysd.propagate(g, labels).labels, pysd.propagate(g, labels.copy()).labels)
 
 
 @pytest.mark.parametrize("solver", ["cg", "iterate"])

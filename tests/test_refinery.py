@@ -139,3 +139,58 @@ def test_bad_construction_and_calls():
     ref.initial(x, t_logits, noisy)
     with pytest.raises(ValueError, match="noisy_labels"):
         ref.step(0, x, t_logits, x, torch.full((100,), 7))
+
+
+def test_indices_must_be_a_permutation():
+    """Issue 10: duplicate indices left rows of torch.empty_like uninitialised (a misleading error that
+    differed from run to run); out-of-range ones raised a bare IndexError."""
+    x, t_logits, noisy, _ = clustered(n=100)
+    ref = LabelRefinery(5)
+    dup = torch.arange(100)
+    dup[7] = 3
+    with pytest.raises(ValueError, match=r"LabelRefinery: indices must be a permutation of \[0, 100\); "
+                                         r"dataset index 3 appears 2 times"):
+        ref.initial(x, t_logits, noisy, indices=dup)
+    out = torch.arange(100)
+    out[5] = 100
+    with pytest.raises(ValueError, match=r"LabelRefinery: indices must lie in \[0, 100\), got 100 at row 5"):
+        ref.initial(x, t_logits, noisy, indices=out)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 100\), got -1"):
+        ref.initial(x, t_logits, noisy, indices=out.clamp(max=99) - (out == 99).long() * 100)
+    with pytest.raises(ValueError, match=r"indices must have shape \(100,\)"):
+        ref.initial(x, t_logits, noisy, indices=torch.arange(99))
+    with pytest.raises(TypeError, match="indices must hold integer"):
+        ref.initial(x, t_logits, noisy, indices=torch.arange(100.0))
+    ref.initial(x, t_logits, noisy)
+    with pytest.raises(ValueError, match="dataset index 3 appears 2 times"):
+        ref.step(0, x, t_logits, x, noisy, indices=dup)
+
+
+def test_aml_kd_loss_bad_mixup_and_weights():
+    g = torch.Generator().manual_seed(0)
+    s, mixed = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    y = torch.randint(0, 4, (6,), generator=g)
+    perm = torch.randperm(6, generator=g)
+    for lam in (2.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"aml_kd_loss: mixup lam must be a number in \[0, 1\]"):
+            aml_kd_loss(s, y, mixup=(mixed, perm, lam))
+    bad = perm.clone()
+    bad[2] = 6
+    with pytest.raises(ValueError, match=r"aml_kd_loss: mixup perm must index the batch, \[0, 6\); got 6"):
+        aml_kd_loss(s, y, mixup=(mixed, bad, 0.5))
+    with pytest.raises(ValueError, match="mixup perm must be a \\(6,\\) integer tensor"):
+        aml_kd_loss(s, y, mixup=(mixed, perm.float(), 0.5))
+    for value in (float("nan"), float("inf"), -1.0):
+        w = torch.rand(6, generator=g)
+        w[1] = value
+        with pytest.raises(ValueError, match="aml_kd_loss: weights must be finite and non-negative"):
+            aml_kd_loss(s, y, w)
+    assert torch.isfinite(aml_kd_loss(s, y, torch.rand(6, generator=g), mixup=(mixed, perm, torch.tensor(0.5))))
+
+
+def test_negative_stride_numpy_inputs():
+    x, t_logits, noisy, _ = clustered(n=100)
+    rev = np.arange(100)[::-1]
+    a = LabelRefinery(5).initial(x.numpy()[::-1], t_logits.numpy()[::-1], noisy.numpy()[::-1], indices=rev)
+    b = LabelRefinery(5).initial(x, t_logits, noisy)
+    assert torch.equal(a.labels, b.labels)

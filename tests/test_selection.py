@@ -100,3 +100,27 @@ def test_gmm_clean_prob_edge_cases():
         pysd.gmm_clean_prob(np.ones((2, 2)))
     with pytest.raises(ValueError, match="inf"):
         pysd.gmm_clean_prob(np.array([1.0, np.inf]))
+
+
+def test_small_loss_mask_huge_label_values():
+    """Issue 10: a label of 1e12 reached bincount (an 8 TB allocation); classes are now the distinct values."""
+    losses = np.array([0.5, 0.1, 0.3, 0.2, 0.9, 0.4])
+    labels = np.array([10**12, 10**12, 7, 7, 10**12, 7])
+    small = np.array([1, 1, 0, 0, 1, 0])
+    np.testing.assert_array_equal(pysd.small_loss_mask(losses, labels, 2 / 3),
+                                  pysd.small_loss_mask(losses, small, 2 / 3))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(reg_covar=-1.0), r"reg_covar must be a finite number > 0, got -1.0"),
+    (dict(reg_covar=0.0), r"reg_covar must be a finite number > 0"),
+    (dict(reg_covar=float("nan")), r"reg_covar must be"),
+    (dict(max_iter=-1), r"max_iter must be an int >= 0, got -1"),
+    (dict(max_iter=2.5), r"max_iter must be an int >= 0"),
+    (dict(tol=float("inf")), r"tol must be a finite number >= 0"),
+    (dict(tol=-1e-3), r"tol must be a finite number >= 0"),
+])
+def test_gmm_clean_prob_bad_arguments(kwargs, match):
+    losses = np.random.default_rng(0).random(50)
+    with pytest.raises(ValueError, match="gmm_clean_prob: " + match):
+        pysd.gmm_clean_prob(losses, **kwargs)

@@ -192,7 +192,8 @@ def test_margins_and_rounds_reject_bad_confusion():
         th.compare_margins(np.array([[0.4, 0.6], [0.5, 0.5]]))
     with pytest.raises(ValueError, match="confusion rows"):
         th.min_rounds(np.array([[0.4, 0.5], [0.5, 0.5]]), 10, C, D, 1e-3)
-    assert th.min_rounds(np.array([[0.4, 0.6], [0.0, 1.0]]), 10, C, D, 1e-3).rounds is None
+    with pytest.warns(UserWarning, match="not balanced"):  # column means 0.2, 0.8
+        assert th.min_rounds(np.array([[0.4, 0.6], [0.0, 1.0]]), 10, C, D, 1e-3).rounds is None
     assert th.min_rounds(np.eye(3), 10, C, D, 1e-3).rounds == 0
 
 
@@ -489,3 +490,80 @@ def test_test_kernels_take_sklearn_orientation():
                  lambda: th.sd_outputs(x, labels, 3, 0.01, 2, test_gram=linear_kernel(x, xt))):
         with pytest.raises(ValueError, match=r"\(M_test, N_train=30\).*old \(N_train, M_test\) layout"):
             call()
+
+
+# ----------------------------------------------------------------------------- issue 10: bad and edge input
+
+
+def test_sd_outputs_auto_refuses_square_non_symmetric():
+    """A square non-symmetric matrix was silently taken as features (X X^T) by kind='auto'."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 6))
+    labels = np.arange(6) % 2
+    with pytest.raises(ValueError, match="kind='auto' got a square \\(6, 6\\) matrix that is not symmetric"):
+        th.sd_outputs(x, labels, 2, 0.01, 1)
+    direct = th.sd_outputs(x @ x.T, labels, 2, 0.01, 1, kind="gram")
+    np.testing.assert_allclose(th.sd_outputs(x, labels, 2, 0.01, 1, kind="features").outputs, direct.outputs,
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_block_gram_noise_psd_modes():
+    """Symmetrised noise does not keep G PSD (smallest eigenvalue about -0.29 at K n = 500, eps = 0.05)."""
+    with pytest.raises(ValueError, match=r"block_gram: the noise eps=0.05 makes the matrix indefinite "
+                                         r"\(smallest eigenvalue -0\.29"):
+        th.block_gram(5, 100, C, D, eps=0.05, seed=0)
+    raw = th.block_gram(5, 100, C, D, eps=0.05, seed=0, psd="ignore")
+    assert np.linalg.eigvalsh(raw)[0] < -0.2
+    proj = th.block_gram(5, 100, C, D, eps=0.05, seed=0, psd="project")
+    mu, u = np.linalg.eigh(raw)
+    np.testing.assert_allclose(proj, (u * np.maximum(mu, 0)) @ u.T, atol=1e-12)
+    assert np.linalg.eigvalsh(proj)[0] > -1e-10
+    small = th.block_gram(3, 4, C, D, eps=0.05, seed=0)  # PSD: returned as before
+    np.testing.assert_array_equal(small, th.block_gram(3, 4, C, D, eps=0.05, seed=0, psd="ignore"))
+    with pytest.raises(ValueError, match="psd must be one of"):
+        th.block_gram(3, 4, C, D, psd="clip")
+
+
+def test_min_rounds_reports_unbalanced_frequencies():
+    K, n = 3, 60
+    # true class a, given labels: cluster 0 keeps 55% and gives 45% to class 1; clusters 1, 2 are clean,
+    # so class 1 is over-represented overall
+    counts = np.array([[33, 27, 0], [0, 60, 0], [0, 0, 60]])
+    true = np.repeat(np.arange(K), n)
+    given = np.concatenate([np.repeat(np.arange(K), row) for row in counts])
+    m = th.label_confusion(true, given, K)
+    lam = 1e-4
+    with pytest.warns(UserWarning, match=r"min_rounds: the label frequencies are not balanced "
+                                         r"\(max \|g_k - 1/K\| = 0\.15"):
+        r = th.min_rounds(m, n, C, D, lam)
+    assert not r.balanced and r.imbalance == pytest.approx(0.15)
+    block = th.block_sd_outputs(given, K, n, C, D, lam, 40, true_labels=true)  # the full linearised model
+    hits = np.flatnonzero(block.accuracy == 1.0)
+    assert r.rounds_with_frequencies == (int(hits[0]) if hits.size else None)
+    assert (r.rounds, r.rounds_with_frequencies) == (28, 30)  # the formula is off by 2 rounds here
+    _, true_b, given_b = _case_b(0.3)
+    bal = th.min_rounds(th.label_confusion(true_b, given_b, 4), 60, C, D, lam)  # balanced: same rounds
+    assert bal.balanced and bal.rounds_with_frequencies == bal.rounds
+
+
+def test_complex_input_raises():
+    g = CASE_A[0].astype(complex)
+    with pytest.raises(TypeError, match="sd_outputs: gram_or_features must be real"):
+        th.sd_outputs(g, CASE_A[2], 3, 0.01, 1)
+    with pytest.raises(TypeError, match="sd_outputs: gram_or_features must be real, got a complex tensor"):
+        th.sd_outputs(torch.from_numpy(g), CASE_A[2], 3, 0.01, 1)
+    with pytest.raises(TypeError, match="krr_self_distillation: K must be real"):
+        th.krr_self_distillation(np.eye(3) * (1 + 1j), np.ones(3), 1.0, 1)
+
+
+def test_absurd_sizes_are_value_errors():
+    with pytest.raises(ValueError, match=r"sd_outputs: num_classes=1000000000000 would need .* "
+                                         r"for the \(N, K\) targets"):
+        th.sd_outputs(np.eye(5), np.arange(5) % 2, 10**12, 0.1, 1)
+    with pytest.raises(ValueError, match=r"block_gram: K \* n=1000000 would need .*TiB"):
+        th.block_gram(10**6, 1, C, D)
+
+
+def test_krr_empty_kernel():
+    with pytest.raises(ValueError, match=r"krr_self_distillation: K must have at least one row"):
+        th.krr_self_distillation(np.zeros((0, 0)), np.zeros(0), 1.0, 2)

@@ -142,7 +142,7 @@ PYSD_INLINE void post_block(const Csr<T>& g, const PostArgs<T>& a, int64_t r0, i
     const int64_t gi = a.given[i];
     const RowOut<T> o = row_finish(s, gi >= 0 ? zi[gi] : T(0), cols);
     T* __restrict si = a.scores + i * cols;
-    const T inv = o.inv_l2;
+    const T inv = o.inv_l1;
     PYSD_SIMD
     for (int64_t c = 0; c < cols; ++c) si[c] = (zi[c] > T(0) ? zi[c] : T(0)) * inv;
     a.labels[i] = s.arg;

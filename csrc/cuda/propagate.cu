@@ -179,7 +179,6 @@ __global__ void post_kernel(Csr<T> g, PostArgs<T> a) {
     for (int o = 16; o > 0; o /= 2) {
       RowStats<T> other;
       other.l1 = __shfl_xor_sync(0xffffffffu, st.l1, o);
-      other.l2sq = __shfl_xor_sync(0xffffffffu, st.l2sq, o);
       other.zlogz = __shfl_xor_sync(0xffffffffu, st.zlogz, o);
       other.top = __shfl_xor_sync(0xffffffffu, st.top, o);
       other.arg = __shfl_xor_sync(0xffffffffu, st.arg, o);
@@ -190,7 +189,7 @@ __global__ void post_kernel(Csr<T> g, PostArgs<T> a) {
     T* oos = a.oos + i * cols;
     T sum = 0;
     for (int64_t c = lane(); c < cols; c += 32) {
-      a.scores[i * cols + c] = (z[c] > T(0) ? z[c] : T(0)) * out.inv_l2;
+      a.scores[i * cols + c] = (z[c] > T(0) ? z[c] : T(0)) * out.inv_l1;
       T acc = 0;
       gather_row<true>(g, i, a.z, cols, c, 1, &acc);
       acc = acc > T(0) ? acc : T(0);

@@ -164,14 +164,12 @@ def _post(indptr, indices, values, z, given, scores, oos, labels, confidence, we
     for i in numba.prange(n):
         t = numba.get_thread_id()
         l1 = 0.0
-        l2 = 0.0
         zlogz = 0.0
         top = 0.0
         arg = -1
         for c in range(cols):
             v = max(float(z[i, c]), 0.0)
             l1 += v
-            l2 += v * v
             if v > 0:
                 zlogz += v * math.log(v)
             if v > top:
@@ -179,7 +177,7 @@ def _post(indptr, indices, values, z, given, scores, oos, labels, confidence, we
                 arg = c
         labels[i] = arg
         if l1 > 0:
-            inv = one / z.dtype.type(math.sqrt(l2))
+            inv = one / z.dtype.type(l1)
             for c in range(cols):
                 scores[i, c] = max(z[i, c], 0) * inv
             h = math.log(l1) - zlogz / l1

@@ -94,10 +94,9 @@ def postprocess(S, z: Tensor, given: Tensor):
     n, c = z.shape
     zp = z.clamp_min(0)
     l1 = zp.sum(1)
-    l2 = zp.square().sum(1).sqrt()
     pos = l1 > 0
     safe_l1 = torch.where(pos, l1, 1.0)
-    scores = zp / torch.where(pos, l2, 1.0).unsqueeze(1)
+    scores = zp / safe_l1.unsqueeze(1)
     arg = zp.argmax(1)
     top = zp.gather(1, arg.unsqueeze(1)).squeeze(1)
     labels = torch.where(pos, arg, -1)

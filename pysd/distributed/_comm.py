@@ -19,6 +19,34 @@ def peer(group, rank: int) -> int:
     return rank if group is None else dist.get_global_rank(group, rank)
 
 
+def message(op: str, exc: Exception) -> str:
+    """The text a rank shares about its failed local checks (other error types keep their name)."""
+    if isinstance(exc, (TypeError, ValueError)):
+        return str(exc)
+    return f"{op}: {type(exc).__name__}: {exc}"
+
+
+def flag_device(group) -> torch.device:
+    """Where a small collective tensor of ``group`` lives (NCCL reduces only CUDA tensors)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def agree_flag(op: str, group, error: Optional[str]) -> None:
+    """One small all-reduce of an error flag (the lowest failing rank); on failure every rank raises
+    ValueError with that rank's message (gathered only then).  Reading the flag back is a host sync on an
+    NCCL group."""
+    rank, p = world(group)
+    flag = torch.tensor([rank if error is not None else p], dtype=torch.int64, device=flag_device(group))
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+    first = int(flag)
+    if first < p:
+        messages: List = [None] * p
+        dist.all_gather_object(messages, error, group=group)
+        raise ValueError(f"pysd.distributed.{op}: rank {first}: {messages[first]}")
+
+
 def agree(op: str, group, config: tuple, error: Optional[str], extra=None) -> list:
     """All-gathers ``(config, error, extra)``; raises ValueError on every rank if any rank failed its
     local checks or the configurations differ.  Returns every rank's ``extra``."""

@@ -8,9 +8,10 @@ merge comes from :mod:`pysd._backend`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple, Union
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -18,9 +19,9 @@ from torch import Tensor
 from .. import _backend, _checks
 from .._codes import NO_INDEX
 from .._ref import knn_graph as recipe
-from ..graph import CsrArrays, Graph
+from ..graph import CsrArrays, Graph, _check_csr
 from ..ops import knn_graph as single
-from ._comm import Halo, agree, count_matrix, exchange, owners, peer, world
+from ._comm import Halo, agree, count_matrix, exchange, message, owners, peer, world
 
 OP = "knn_graph"
 
@@ -46,6 +47,32 @@ class ShardedGraph(CsrArrays):
     num_nodes: int
     knn_indices: Optional[Tensor] = None
     knn_similarities: Optional[Tensor] = None
+    # True once checked by propagate (or built by pysd); not part of equality or repr
+    _validated: bool = field(default=False, repr=False, compare=False)
+
+    def validate(self, where: str = "ShardedGraph") -> None:
+        """``TypeError`` / ``ValueError`` unless this is a well-formed CSR of local rows with global columns
+        in ``[0, num_nodes)`` and finite, non-negative weights (as :class:`pysd.Graph`); O(nnz), once."""
+        if self._validated:
+            return
+        for name in ("indptr", "indices", "values"):
+            if not isinstance(getattr(self, name), Tensor) or getattr(self, name).dim() != 1:
+                raise TypeError(f"{where}: {name} must be a 1-D torch.Tensor")
+        if self.indptr.dtype != torch.int64 or self.indices.dtype != torch.int32 \
+                or self.values.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{where}: indptr must be int64, indices int32 and values float32/float64, got "
+                            f"{self.indptr.dtype}, {self.indices.dtype}, {self.values.dtype}")
+        for name in ("row_start", "num_nodes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{where}: {name} must be an int >= 0, got {v!r}")
+        if self.indptr.numel() < 1 or self.indices.shape != self.values.shape:
+            raise ValueError(f"{where}: indptr must have num_rows + 1 >= 1 entries and indices, values one per edge")
+        if self.row_start + self.num_rows > self.num_nodes:
+            raise ValueError(f"{where}: rows [{self.row_start}, {self.row_start + self.num_rows}) exceed "
+                             f"num_nodes={self.num_nodes}")
+        _check_csr(where, self.indptr, self.indices, self.values, self.num_rows, n_cols=self.num_nodes)
+        object.__setattr__(self, "_validated", True)
 
     @property
     def num_rows(self) -> int:
@@ -62,9 +89,15 @@ class ShardedGraph(CsrArrays):
     def from_graph(cls, graph, row_start: int, row_end: int) -> "ShardedGraph":
         """Rows ``[row_start, row_end)`` of a whole graph (``pysd.Graph``, scipy or torch sparse)."""
         g = Graph.coerce(graph)
+        where = "ShardedGraph.from_graph"
+        for name, v in (("row_start", row_start), ("row_end", row_end)):
+            _checks.integer(where, name, v)
+        if not 0 <= row_start <= row_end <= g.num_nodes:
+            raise ValueError(f"{where}: need 0 <= row_start <= row_end <= num_nodes={g.num_nodes}, "
+                             f"got row_start={row_start}, row_end={row_end}")
         lo, hi = int(g.indptr[row_start]), int(g.indptr[row_end])
         return cls(indptr=g.indptr[row_start:row_end + 1] - lo, indices=g.indices[lo:hi], values=g.values[lo:hi],
-                   row_start=row_start, num_nodes=g.num_nodes)
+                   row_start=int(row_start), num_nodes=g.num_nodes, _validated=True)
 
 
 def _merge_tile(t: Tensor, lists: Tuple[Tensor, Tensor], col0: int, merge) -> None:
@@ -218,8 +251,8 @@ def knn_graph(local_features, k: int = 10, *, group=None, metric: str = "cosine"
         x, sqn, tile, power = _local_features(local_features, k, metric, power, symmetrize, normalize,
                                               exclude_self, tile)
         d, dt = x.shape[1], str(x.dtype)
-    except (TypeError, ValueError) as e:
-        error = str(e)
+    except Exception as e:  # noqa: BLE001  (any local failure must reach the other ranks)
+        error = message(OP, e)
     config = (k, d, dt, metric, power, symmetrize, normalize, exclude_self)
     sizes = agree(OP, group, config, error, None if x is None else x.shape[0])
     rank, p = world(group)
@@ -229,7 +262,7 @@ def knn_graph(local_features, k: int = 10, *, group=None, metric: str = "cosine"
     idx, sims = _ring_search(x, sqn, k, sizes, offsets, exclude_self, tile, group)
     indptr, indices, values = _sharded_csr(idx, sims, metric, power, symmetrize, normalize, offsets, group)
     return ShardedGraph(indptr=indptr, indices=indices, values=values, row_start=int(offsets[rank]),
-                        num_nodes=n_total, knn_indices=idx, knn_similarities=sims)
+                        num_nodes=n_total, knn_indices=idx, knn_similarities=sims, _validated=True)
 
 
 def _transpose_edges(rows: Tensor, cols: Tensor, vals: Tensor, offsets: Tensor, group):

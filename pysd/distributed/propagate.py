@@ -19,7 +19,7 @@ from .._codes import Solver
 from .._ref import propagate as solvers
 from ..ops import propagate as single
 from ..ops.propagate import Propagation
-from ._comm import Halo, agree
+from ._comm import Halo, agree, message
 from .knn_graph import ShardedGraph
 
 OP = "propagate"
@@ -45,17 +45,22 @@ class _ShardOperator:
         return self.matrix @ ext if self.n else z.new_zeros(z.shape)
 
 
-def _local_inputs(local_graph, local_labels, mask, weights):
+def _local_inputs(local_graph, local_labels, mask, weights, num_classes):
     """The single-process checks on this rank's rows: ``(lab, kind, soft, summary, w)``."""
     if not isinstance(local_graph, ShardedGraph):
         raise TypeError(f"{OP}: local_graph must be a pysd.distributed.ShardedGraph, "
                         f"got {type(local_graph).__name__}")
+    local_graph.validate(f"{OP}: local_graph")
     n, dev, dtype = local_graph.num_rows, local_graph.device, local_graph.dtype
     lab, kind = _checks.array(OP, "labels", local_labels)
     lab, soft = single.check_labels(lab, n, dev)
     m, w = single.check_mask(mask, n, dev), single.check_weights(weights, n, dev, dtype)
     s = single.summarize(lab, soft, m, w)
     single.check_values(s, soft, rows="local row")
+    if not soft:  # a rank holding a huge label fails here, before the ranks agree
+        given = num_classes is not None
+        c = _checks.integer(OP, "num_classes", num_classes, 1) if given else s["top"] + 1
+        single.check_class_buffers(n, c, given, dtype, dev)
     return lab, kind, soft, s, w
 
 
@@ -103,10 +108,10 @@ def propagate(local_graph: ShardedGraph, local_labels, *, group=None, num_classe
     """
     error, lab, kind, soft, s, w, extra = None, None, None, None, None, None, None
     try:
-        lab, kind, soft, s, w = _local_inputs(local_graph, local_labels, mask, weights)
+        lab, kind, soft, s, w = _local_inputs(local_graph, local_labels, mask, weights, num_classes)
         extra = (s["top"], local_graph.row_start, local_graph.num_rows, s["any_seed"])
-    except (TypeError, ValueError) as e:
-        error = str(e)
+    except Exception as e:  # noqa: BLE001  (any local failure must reach the other ranks)
+        error = message(OP, e)
     config = (solver, alpha, max_iter, tol, class_mass_norm, num_classes,
               None if lab is None else (soft, lab.shape[1] if soft else None),
               None if error else str(local_graph.dtype), None if error else local_graph.num_nodes)

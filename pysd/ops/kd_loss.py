@@ -6,6 +6,7 @@ Kernels: ``pysd/_cpp/kd_loss.py`` (both extension modules), ``pysd/_numba/kd_los
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -166,7 +167,28 @@ def _check_options(teacher_format, divergence, reduction, beta, temperature, har
         hard_weight=hard_weight,
         soft_weight=_checks.real(OP, "soft_weight", soft_weight, 0.0),
         label_smoothing=_checks.real(OP, "label_smoothing", label_smoothing, 0.0, 1.0),
-        ignore_index=_checks.integer(OP, "ignore_index", ignore_index))
+        ignore_index=_ignore_index(ignore_index))
+
+
+def _ignore_index(ignore_index) -> int:
+    v = _checks.integer(OP, "ignore_index", ignore_index)
+    if not -2**63 <= v < 2**63:
+        raise ValueError(f"{OP}: ignore_index must fit in int64 (targets are int64), got {v}")
+    return v
+
+
+def _check_normalizer(normalizer, o: dict, reduction, check_finite: bool) -> None:
+    """Kind and, where readable without a device sync (a CPU tensor, or ``check_finite``), value."""
+    if o["reduction"] != Reduction.MEAN:
+        raise ValueError(f"{OP}: normalizer replaces the 'mean' denominator; got reduction={reduction!r}")
+    if not isinstance(normalizer, Tensor) or normalizer.numel() != 1:
+        raise TypeError(f"{OP}: normalizer must be a one-element tensor")
+    if normalizer.is_complex() or normalizer.dtype == torch.bool:
+        raise TypeError(f"{OP}: normalizer must be a real number tensor, got {normalizer.dtype}")
+    if not torch.compiler.is_compiling() and (normalizer.device.type == "cpu" or check_finite):
+        v = float(normalizer.detach().reshape(()))
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{OP}: normalizer must be finite and > 0 (or 0 for an empty mean), got {v}")
 
 
 def _grad_scale(red, n: int, y: Optional[Tensor], w: Optional[Tensor], ignore_index: int,
@@ -187,7 +209,10 @@ def _grad_scale(red, n: int, y: Optional[Tensor], w: Optional[Tensor], ignore_in
             denom = valid.sum().to(torch.float64)
         else:
             denom = torch.tensor(float(n), **f64)
-    return torch.where(denom > 0, 1.0 / denom, torch.zeros((), **f64))
+        return torch.where(denom > 0, 1.0 / denom, torch.zeros((), **f64))
+    # a bad normalizer that could not be read on the host shows as NaN, never as a silent 0
+    ok = torch.isfinite(denom) & (denom > 0)
+    return torch.where(ok, 1.0 / torch.where(ok, denom, 1.0), torch.where(denom == 0, 0.0, torch.nan).to(torch.float64))
 
 
 def kd_loss(
@@ -207,6 +232,7 @@ def kd_loss(
     weight: Optional[Tensor] = None,
     reduction: str = "mean",
     normalizer: Optional[Tensor] = None,
+    check_finite: Optional[bool] = None,
 ) -> Tensor:
     r"""Fused distillation loss: hard cross-entropy plus a tempered soft divergence, in one pass per row.
 
@@ -245,7 +271,17 @@ def kd_loss(
             gradient, not NaN.
         normalizer: optional 0-d tensor replacing the "mean" denominator (e.g. the global
             count of non-ignored rows under DDP, or the item count of a gradient-accumulation
-            step); no host synchronisation.
+            step); no host synchronisation.  It must be ``> 0`` and finite, or exactly 0 (the
+            empty mean: loss 0, zero gradient, as :func:`pysd.distributed.global_normalizer`
+            returns when every rank ignores every row).  A CPU normalizer is checked (no sync:
+            ``ValueError`` for NaN, inf or a negative value); one on a GPU, or any normalizer
+            while ``torch.compile`` traces, is not read on the host, and a bad value then makes
+            the loss and gradient NaN instead of silently 0.
+        check_finite: raise ``ValueError`` naming the argument when ``student_logits``,
+            ``teacher``, ``weight`` or ``normalizer`` hold NaN or inf (one host synchronisation;
+            skipped while ``torch.compile`` traces).  None (default) reads the environment
+            variable ``PYSD_CHECK_FINITE`` (``1`` turns it on).  Off, NaN/inf inputs propagate
+            NaN to the loss and gradient as PyTorch's losses do.
 
     Returns:
         0-d loss, or ``(...)`` for ``reduction="none"``, in the input dtype.  bf16/fp16
@@ -264,12 +300,13 @@ def kd_loss(
                        label_smoothing, ignore_index)
     if teacher is None and target is None:
         raise ValueError(f"{OP}: give a teacher (soft term), a target (hard term), or both")
+    check_finite = _checks.finite_option(check_finite)
     _check_tensors(student_logits, teacher, target, weight, o["teacher_format"], o["ignore_index"])
     if normalizer is not None:
-        if o["reduction"] != Reduction.MEAN:
-            raise ValueError(f"{OP}: normalizer replaces the 'mean' denominator; got reduction={reduction!r}")
-        if not isinstance(normalizer, Tensor) or normalizer.numel() != 1:
-            raise TypeError(f"{OP}: normalizer must be a one-element tensor")
+        _check_normalizer(normalizer, o, reduction, check_finite)
+    if check_finite and not torch.compiler.is_compiling():
+        for name, t in (("student_logits", student_logits), ("teacher", teacher), ("weight", weight)):
+            _checks.finite(OP, name, t)
     hard = _checks.hard_weight(OP, o["hard_weight"], teacher is not None, target is not None)
     soft_coef = 0.0 if teacher is None else o["soft_weight"] * (o["temperature"] ** 2 if scale_t2 else 1.0)
     c = student_logits.shape[-1]

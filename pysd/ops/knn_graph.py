@@ -145,14 +145,26 @@ def prepare_features(x: Tensor, metric: str, rows: str = "rows") -> Tuple[Tensor
     """
     x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     bad = ~torch.isfinite(x).all(1)
-    if bool(bad.any()):
+    norms = torch.linalg.vector_norm(x, dim=1)  # scaled: finite for every finite row
+    zero = norms == 0
+    # the one synchronisation of the checks: bad rows, zero rows, the largest norm
+    top = norms.max() if x.shape[0] else norms.new_zeros(())
+    n_bad, n_zero, top = torch.stack([t.to(torch.float64) for t in (bad.sum(), zero.sum(), top)]).tolist()
+    if n_bad:
         raise ValueError(f"knn_graph: features must be finite; NaN or inf in {rows} {_checks.rows_list(bad)}")
+    if metric != "cosine":
+        # |x_i . x_j| <= |x_i| |x_j| (every partial sum of the GEMM too); l2 adds |x_i|^2 + |x_j|^2
+        if top * top * (4.0 if metric == "l2" else 1.0) >= torch.finfo(x.dtype).max:
+            raise ValueError(f"knn_graph: features are too large for metric={metric!r} in {x.dtype}: the largest "
+                             f"row norm {top:.3g} makes similarities overflow (NaN/inf); scale the features, "
+                             "pass float64, or use metric='cosine'")
     if metric == "cosine":
-        norms = torch.linalg.vector_norm(x, dim=1)
-        zero = norms == 0
-        if bool(zero.any()):
+        if n_zero:
             raise ValueError(f"knn_graph: metric='cosine' needs non-zero rows; zero norm in {rows} "
                              f"{_checks.rows_list(zero)}")
+        if not math.isfinite(top):  # a sum of squares overflowed: normalise the rows scaled to max |x| = 1
+            x = x / x.abs().amax(1, keepdim=True)
+            norms = torch.linalg.vector_norm(x, dim=1)
         return x / norms.unsqueeze(1), None
     x = x.contiguous()
     return x, ((x * x).sum(1) if metric == "l2" else None)
@@ -250,4 +262,4 @@ def knn_graph(
         idx, sims = lists(x, sqnorm, k, exclude_self, tile_rows, tile_cols)
     indptr, indices, values = build_csr(idx, affinity(sims, metric, power), n, symmetrize, normalize)
     return Graph(indptr=indptr, indices=indices, values=values, num_nodes=n, knn_indices=idx,
-                 knn_similarities=sims, metric=metric)
+                 knn_similarities=sims, metric=metric, _validated=True)

@@ -62,7 +62,9 @@ class Propagation:
     With ``z+ = max(Z, 0)`` the clipped solution and ``p = z+ / sum_c z+`` its L1 rows:
 
     Attributes:
-        scores: ``(N, C)`` ``z+`` with L2-normalised rows (LP-DeepSSL's ``probs_l1``); zero rows stay 0.
+        scores: ``(N, C)`` ``p``: the L1-normalised rows of ``z+`` (LP-DeepSSL's ``probs_l1``,
+            ``F.normalize(Z, p=1)`` with negatives clipped; the two agree whenever ``Z >= 0``, as it is
+            for non-negative graphs and seeds up to the solver's rounding).  Zero rows stay 0.
         labels: ``(N,)`` int64 ``argmax_c z+`` (first maximum), or -1 where ``z+`` is all zero
             (isolated nodes, components without a seed).
         confidence: ``(N,)`` ``max_c p`` (0 for zero rows).
@@ -206,6 +208,14 @@ def num_classes_of(top: int, soft_cols: Optional[int], num_classes) -> int:
     return num_classes
 
 
+def check_class_buffers(n: int, c: int, given: bool, dtype: torch.dtype, device) -> None:
+    """``ValueError`` before the four ``(N, C)`` solver buffers of a C that cannot fit in memory
+    (``given``: C came from ``num_classes``, else from the largest label)."""
+    name = "num_classes" if given else "labels (largest label + 1)"
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    _checks.alloc(OP, name, c, 4.0 * n * c * itemsize, f"four ({n}, C) {dtype} buffers", device)
+
+
 def isolated(indptr: Tensor, values: Tensor) -> Tensor:
     """``(N,)`` bool: rows of S without a non-zero entry (an O(nnz) int64 prefix count)."""
     nz = torch.cumsum((values != 0).to(torch.int64), 0)
@@ -323,6 +333,8 @@ def propagate(graph, labels, *, num_classes: Optional[int] = None, mask=None, we
     s = summarize(lab, soft, m, w)
     check_values(s, soft)
     c = num_classes_of(s["top"], lab.shape[1] if soft else None, num_classes)
+    if not soft:
+        check_class_buffers(n, c, num_classes is not None, dtype, dev)
     if not s["any_seed"]:
         raise ValueError(f"{OP}: no seed rows (mask and labels select none)")
     seed = s["seed"] & ~isolated(g.indptr, g.values)

@@ -30,7 +30,8 @@ def small_loss_mask(losses, labels, ratio: float, per_class: bool = True):
 
     Args:
         losses: ``(N,)`` float per-sample losses (torch, numpy or DLPack).
-        labels: ``(N,)`` integer classes >= 0; needed when ``per_class`` (may be None otherwise).
+        labels: ``(N,)`` integer classes >= 0 (any size: classes are the distinct values, so a label of
+            1e12 costs nothing extra); needed when ``per_class`` (may be None otherwise).
         ratio: keep fraction in [0, 1].  A class with ``n_c`` rows keeps ``floor(ratio * n_c)`` of them
             (``floor(ratio * N)`` overall when ``per_class=False``), as AML-KD's ``floor((1 - r) B)``.
         per_class: select within each class (default) or over all rows.
@@ -61,7 +62,8 @@ def small_loss_mask(losses, labels, ratio: float, per_class: bool = True):
     y = y.to(device=x.device, dtype=torch.int64)
     if n and bool((y < 0).any()):
         raise ValueError(f"{op}: labels must be >= 0, found {int(y.min())}")
-    counts = torch.bincount(y)
+    # classes by their distinct values (not bincount: its length would be the largest label)
+    _, y, counts = torch.unique(y, return_inverse=True, return_counts=True)
     k = torch.floor(float(ratio) * counts.to(torch.float64) + _EPS).to(torch.int64)
     order = order[torch.argsort(y[order], stable=True)]
     ys = y[order]
@@ -93,6 +95,10 @@ def gmm_clean_prob(losses, *, max_iter: int = 10, tol: float = 1e-2, reg_covar: 
 
     Args:
         losses: ``(N,)`` float per-sample losses (torch, numpy or DLPack).
+        max_iter: EM steps, an int >= 0 (0 keeps the 2-means start).
+        tol: stopping threshold on the change of the mean log-likelihood, a finite number >= 0.
+        reg_covar: added to each variance, a finite number > 0 (it keeps a collapsed component's
+            variance positive; 0 or less gives NaN posteriors).
 
     Returns:
         ``(N,)`` clean probabilities in the dtype and kind of ``losses``.  Constant losses (nothing to
@@ -100,6 +106,12 @@ def gmm_clean_prob(losses, *, max_iter: int = 10, tol: float = 1e-2, reg_covar: 
     """
     op = "gmm_clean_prob"
     t, kind = _losses(losses, op)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"{op}: max_iter must be an int >= 0, got {max_iter!r}")
+    for name, value, lo_open in (("tol", tol, False), ("reg_covar", reg_covar, True)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0 or (lo_open and value == 0):
+            raise ValueError(f"{op}: {name} must be a finite number {'>' if lo_open else '>='} 0, got {value!r}")
     x = t.to(torch.float64)
     n = x.shape[0]
     lo, hi = (x.min(), x.max()) if n else (x.new_zeros(()), x.new_zeros(()))

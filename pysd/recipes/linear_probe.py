@@ -144,6 +144,10 @@ def _newton_polish(x: Tensor, w: Tensor, targets: Tensor, lam: float, temperatur
 
 def _as_tensor(x, name, dtype, device=None) -> Tensor:
     t = _checks.array(_WHERE, name, x, sequences=True)[0].detach()
+    if t.is_complex() or (dtype == torch.int64 and (t.is_floating_point() or t.dtype == torch.bool)):
+        # a cast would truncate 0.5 / 1.5 to class 0 / 1 (or drop an imaginary part) without a word
+        what = "integer class indices" if dtype == torch.int64 else "real numbers"
+        raise TypeError(f"{_WHERE}: {name} must hold {what}, got {t.dtype}")
     return t.to(dtype=dtype, device=device if device is not None else t.device)
 
 
@@ -162,14 +166,14 @@ def _check_options(variant, optimizer, pll_loss, dtype, rounds, lam, temperature
     _checks.integer(_WHERE, "max_iter", max_iter, 1)
 
 
-def _check_data(features, noisy_labels, num_classes, true_labels, dtype):
+def _check_data(features, noisy_labels, num_classes, true_labels, dtype, rounds):
     """``(x (N, p), y (N,) int64, K, true labels or None)``, checked."""
     x = _as_tensor(features, "features", dtype)
     if x.dim() != 2:
         raise ValueError(f"{_WHERE}: features must be (N, p), got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{_WHERE}: features have NaN or infinite entries")
-    n = x.shape[0]
+    n, p = x.shape
     y = _as_tensor(noisy_labels, "noisy_labels", torch.int64, x.device)
     if y.shape != (n,):
         raise ValueError(f"{_WHERE}: noisy_labels must have shape ({n},), got {tuple(y.shape)}")
@@ -180,6 +184,10 @@ def _check_data(features, noisy_labels, num_classes, true_labels, dtype):
     k = max(int(y.max()) + 1, 2) if num_classes is None else num_classes
     if int(y.min()) < 0 or int(y.max()) >= k:
         raise ValueError(f"{_WHERE}: noisy_labels must lie in [0, {k})")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    _checks.alloc(_WHERE, "num_classes" if num_classes is not None else "noisy_labels (largest label + 1)", k,
+                float(itemsize) * k * (3 * (rounds + 1) * n + (rounds + 1) * p + n),
+                "the (R+1, N, K) outputs and targets and the (R+1, p, K) weights", x.device)
     true = None
     if true_labels is not None:
         true = _as_tensor(true_labels, "true_labels", torch.int64, x.device)
@@ -275,7 +283,7 @@ def linear_probe_sd(features, noisy_labels, *, rounds: int, lam: float, variant:
         :class:`LinearProbeResult`.
     """
     _check_options(variant, optimizer, pll_loss, dtype, rounds, lam, temperature, gce_q, grad_tol, max_iter)
-    x, y, k, true = _check_data(features, noisy_labels, num_classes, true_labels, dtype)
+    x, y, k, true = _check_data(features, noisy_labels, num_classes, true_labels, dtype, rounds)
     res = _train_rounds(x, y, k, rounds, lam, temperature, variant, pll_loss, gce_q, pll_warm_start, grad_tol,
                         max_iter)
     return LinearProbeResult(*res[:4], *_accuracies(res[0].argmax(-1), y, true), *res[4:])

@@ -176,6 +176,28 @@ class LabelRefinery:
         return y
 
     @staticmethod
+    def _indices(indices, n: int) -> Optional[Tensor]:
+        """``indices`` checked to be a permutation of ``[0, n)`` (int64), or None."""
+        if indices is None:
+            return None
+        idx = _as_tensor(indices, "indices")
+        if idx.dtype.is_floating_point or idx.is_complex() or idx.dtype == torch.bool:
+            raise TypeError(f"LabelRefinery: indices must hold integer dataset indices, got {idx.dtype}")
+        if idx.shape != (n,):
+            raise ValueError(f"LabelRefinery: indices must have shape ({n},) (one per row), got {tuple(idx.shape)}")
+        idx = idx.to(torch.int64)
+        out = (idx < 0) | (idx >= n)
+        if n and bool(out.any()):
+            raise ValueError(f"LabelRefinery: indices must lie in [0, {n}), got {int(idx[out][0])} at row "
+                             f"{int(out.nonzero()[0])}")
+        counts = torch.bincount(idx, minlength=n)
+        if n and bool((counts > 1).any()):
+            dup = int((counts > 1).nonzero()[0])
+            raise ValueError(f"LabelRefinery: indices must be a permutation of [0, {n}); dataset index {dup} "
+                             f"appears {int(counts[dup])} times")
+        return idx
+
+    @staticmethod
     def _to_dataset_order(x: Tensor, indices: Optional[Tensor]) -> Tensor:
         if indices is None:
             return x
@@ -193,11 +215,13 @@ class LabelRefinery:
             teacher_logits: ``(N, C)`` float teacher logits.
             noisy_labels: ``(N,)`` int, optional: samples below ``initial_percentile`` of confidence keep
                 them (without them every sample takes the propagated label).
-            indices: ``(N,)`` dataset index of each row, when rows are not in dataset order.
+            indices: ``(N,)`` dataset index of each row, when rows are not in dataset order: a
+                permutation of ``[0, N)`` (``ValueError`` for an out-of-range or repeated index).
         """
-        idx = None if indices is None else _as_tensor(indices, "indices", torch.int64)
-        feats = self._to_dataset_order(self._check(teacher_features, "teacher_features"), idx)
+        feats = self._check(teacher_features, "teacher_features")
         n = feats.shape[0]
+        idx = self._indices(indices, n)
+        feats = self._to_dataset_order(feats, idx)
         logits = self._to_dataset_order(self._check(teacher_logits, "teacher_logits", n), idx)
         if logits.shape[1] != self.num_classes:
             raise ValueError(f"LabelRefinery: teacher_logits must have {self.num_classes} columns")
@@ -246,11 +270,12 @@ class LabelRefinery:
         """
         if self.labels is None:
             raise RuntimeError("LabelRefinery.step: call initial() first")
-        idx = None if indices is None else _as_tensor(indices, "indices", torch.int64)
-        hs = self._to_dataset_order(self._check(student_features, "student_features"), idx)
+        hs = self._check(student_features, "student_features")
         n = hs.shape[0]
         if n != self.labels.shape[0]:
             raise ValueError(f"LabelRefinery.step: got {n} samples, initial() saw {self.labels.shape[0]}")
+        idx = self._indices(indices, n)
+        hs = self._to_dataset_order(hs, idx)
         zs = self._to_dataset_order(self._check(student_logits, "student_logits", n), idx)
         ht = self._to_dataset_order(self._check(teacher_features, "teacher_features", n), idx)
         noisy = self._to_dataset_order(self._labels(_as_tensor(noisy_labels, "noisy_labels"), n), idx)
@@ -306,10 +331,40 @@ def aml_kd_loss(student_logits: Tensor, labels: Tensor, weights: Optional[Tensor
             ``faithful=True`` it is ``mean(w) * mean(CE)`` as the published code computes it.
         teacher_logits: ``(B, C)`` teacher logits for the KD term (on the mixed inputs when ``mixup`` is
             given), or None for no KD term.
-        mixup: optional ``(mixed_student_logits, perm, lam)``: student logits on ``lam x + (1-lam) x[perm]``,
-            the in-batch permutation and the mixing coefficient; adds the two temperature-scaled CE terms and
-            moves the KD term onto the mixed logits.
+        mixup: optional ``(mixed_student_logits, perm, lam)``: student logits on ``lam x + (1-lam) x[perm]``
+            (``(B, C)`` like ``student_logits``), the in-batch permutation (``(B,)`` integers in ``[0, B)``)
+            and the mixing coefficient in ``[0, 1]``; adds the two temperature-scaled CE terms and moves the
+            KD term onto the mixed logits.
+
+    Raises ``ValueError`` naming the argument for NaN/inf or negative ``weights``, ``lam`` outside
+    ``[0, 1]`` and ``perm`` entries outside ``[0, B)`` (value checks synchronise with the device once;
+    they are skipped while ``torch.compile`` traces).
     """
+    checks = not torch.compiler.is_compiling()
+    if not isinstance(student_logits, Tensor) or student_logits.dim() != 2:
+        raise ValueError("aml_kd_loss: student_logits must be a (B, C) tensor")
+    b = student_logits.shape[0]
+    if weights is not None:
+        if not isinstance(weights, Tensor) or not weights.is_floating_point() or weights.shape != (b,):
+            raise ValueError(f"aml_kd_loss: weights must be a ({b},) float tensor or None")
+        if checks and b and not bool((torch.isfinite(weights) & (weights >= 0)).all()):
+            raise ValueError("aml_kd_loss: weights must be finite and non-negative (found NaN, inf or < 0)")
+    if mixup is not None:
+        if not isinstance(mixup, (tuple, list)) or len(mixup) != 3:
+            raise ValueError("aml_kd_loss: mixup must be a (mixed_student_logits, perm, lam) triple")
+        mixed, perm, lam = mixup
+        if not isinstance(mixed, Tensor) or mixed.shape != student_logits.shape:
+            raise ValueError(f"aml_kd_loss: mixup's mixed_student_logits must have shape {tuple(student_logits.shape)}")
+        if isinstance(lam, Tensor):
+            lam = float(lam)
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 <= lam <= 1.0:
+            raise ValueError(f"aml_kd_loss: mixup lam must be a number in [0, 1], got {lam!r}")
+        if not isinstance(perm, Tensor) or perm.dtype.is_floating_point or perm.dtype == torch.bool \
+                or perm.shape != (b,):
+            raise ValueError(f"aml_kd_loss: mixup perm must be a ({b},) integer tensor (the in-batch permutation)")
+        if checks and b and bool(((perm < 0) | (perm >= b)).any()):
+            raise ValueError(f"aml_kd_loss: mixup perm must index the batch, [0, {b}); got "
+                             f"{int(perm[(perm < 0) | (perm >= b)][0])}")
     if weights is None:
         ce = kd_loss(student_logits, target=labels, reduction="mean")
     elif faithful:

@@ -11,9 +11,14 @@ from .. import _checks
 
 
 def as_float64(x, name: str, where: str, ndim: Optional[int] = None) -> np.ndarray:
-    """numpy / torch (any device) / nested sequence → float64 numpy array."""
+    """numpy / torch (any device) / nested sequence → float64 numpy array (complex input is a TypeError:
+    dropping the imaginary part would be silent garbage)."""
     if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise TypeError(f"{where}: {name} must be real, got a complex tensor ({x.dtype})")
         x = x.detach().cpu().to(torch.float64).numpy()
+    if np.iscomplexobj(x):
+        raise TypeError(f"{where}: {name} must be real, got complex values")
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -58,6 +63,7 @@ def targets(labels, num_classes: int, where: str) -> np.ndarray:
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)
     if arr.ndim == 1:
+        _checks.alloc(where, "num_classes", num_classes, 8.0 * arr.shape[0] * num_classes, "the (N, K) targets")
         y = as_int_labels(arr, "labels", where, arr.shape[0], num_classes)
         out = np.zeros((y.shape[0], num_classes))
         out[np.arange(y.shape[0]), y] = 1.0

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import warnings
+
 import numpy as np
 
 from .. import _checks
@@ -36,21 +38,47 @@ def _check_block(k, n, c, d, where):
     return k, n, c, d
 
 
-def block_gram(K: int, n: int, c: float, d: float, *, eps: float = 0.0, seed: Optional[int] = None) -> np.ndarray:
+_PSD_MODES = ("raise", "project", "ignore")
+
+
+def block_gram(K: int, n: int, c: float, d: float, *, eps: float = 0.0, seed: Optional[int] = None,
+               psd: str = "raise") -> np.ndarray:
     """The ``(K n, K n)`` float64 block Gram matrix (cluster-major order).
 
     ``G_ii = 1``, ``G_ij = c`` in a cluster, ``d`` across clusters, plus (``eps > 0``)
-    Uniform(-eps, eps) noise, symmetrised (the authors' noise is not, which can break
-    PSD and so uniqueness), diagonal kept at 1.  ``seed`` seeds numpy's default generator.
+    Uniform(-eps, eps) noise, symmetrised (the authors' noise is not symmetric at all), diagonal
+    kept at 1.  ``seed`` seeds numpy's default generator.
+
+    Symmetric noise does *not* keep the matrix PSD: the noise matrix has eigenvalues of order
+    ``eps sqrt(K n / 3)``, which exceed the smallest block eigenvalue ``1 - c`` once ``K n`` is
+    large (with ``eps = 0.05``, ``c = 0.4``, ``d = 0.1`` the smallest eigenvalue is about -0.29 at
+    ``K n = 500`` and -1.2 at ``K = 4``, ``n = 500``).
+    ``psd`` says what happens then (checked with one ``eigvalsh`` when ``eps > 0``):
+    ``"raise"`` (default) a ``ValueError`` naming ``eps`` and the smallest eigenvalue;
+    ``"project"`` the nearest PSD matrix in Frobenius norm (negative eigenvalues set to 0; its
+    diagonal is then no longer exactly 1); ``"ignore"`` the indefinite matrix as is.
     """
-    K, n, c, d = _check_block(K, n, c, d, "block_gram")
-    eps = _checks.real("block_gram", "eps", eps, lo=0.0)
+    where = "block_gram"
+    K, n, c, d = _check_block(K, n, c, d, where)
+    eps = _checks.real(where, "eps", eps, lo=0.0)
+    if psd not in _PSD_MODES:
+        raise ValueError(f"{where}: psd must be one of {_PSD_MODES}, got {psd!r}")
+    _checks.alloc(where, "K * n", K * n, 8.0 * (3 if eps > 0 else 1) * (K * n) ** 2, "the (K n, K n) float64 matrix")
     cluster = np.repeat(np.arange(K), n)
     g = np.where(cluster[:, None] == cluster[None, :], c, d)
     if eps > 0:
         noise = np.random.default_rng(seed).uniform(-eps, eps, g.shape)
         g = g + 0.5 * (noise + noise.T)
     np.fill_diagonal(g, 1.0)
+    if eps > 0 and psd != "ignore":
+        mu, u = np.linalg.eigh(g) if psd == "project" else (np.linalg.eigvalsh(g), None)
+        if mu[0] < -1e-12 * max(abs(mu[-1]), 1.0):
+            if psd == "raise":
+                raise ValueError(f"{where}: the noise eps={eps} makes the matrix indefinite (smallest eigenvalue "
+                                 f"{mu[0]:.3g} at K n = {K * n}); lower eps, pass psd='project' for the nearest "
+                                 "PSD matrix, or psd='ignore'")
+            g = (u * np.clip(mu, 0.0, None)) @ u.T
+            g = 0.5 * (g + g.T)
     return g
 
 
@@ -167,6 +195,12 @@ class MinRounds:
     balanced: overall label frequencies are uniform (the formula assumes it).
     delta: ``min_a (m[a, a] - max_{l != a} m[a, l])``.
     alpha, beta, gamma: the shrink factors.
+    imbalance: ``max_k |g_k - 1/K|``, how far the overall label frequencies ``g`` (column means
+        of ``m``) are from uniform.
+    rounds_with_frequencies: the first round at which the linearised block model, *with* the
+        global term ``(gamma^(t+1) - beta^(t+1)) g[k]`` the formula drops, classifies every
+        training instance correctly (None if not within ``max(4 (rounds + 1), 1000)`` rounds).
+        Equals ``rounds`` when balanced; when not, the gap is how far the formula is off.
     """
 
     rounds: Optional[int]
@@ -176,6 +210,8 @@ class MinRounds:
     alpha: float
     beta: float
     gamma: float
+    imbalance: float = 0.0
+    rounds_with_frequencies: Optional[int] = None
 
 
 def min_rounds(confusion, n: int, c: float, d: float, lam: float, *, temperature: float = 1.0) -> MinRounds:
@@ -186,6 +222,10 @@ def min_rounds(confusion, n: int, c: float, d: float, lam: float, *, temperature
     under plurality.  So ``t* = floor(ln(1 + 1/Delta_a) / ln(beta/alpha))`` maximised
     over the clusters ``a`` that have noisy instances (``t* = 0`` without noise); for
     symmetric noise at rate eta, ``Delta = 1 - eta K/(K-1)``.
+
+    The formula assumes balanced overall label frequencies (the global term then cancels).  When
+    they are not balanced, a ``UserWarning`` says by how much (``imbalance``) and gives the round
+    the full linearised model reaches (``rounds_with_frequencies``), which the result also holds.
 
     Args:
         confusion: ``(K, K)`` label-confusion matrix ``m`` (see :func:`label_confusion`).
@@ -200,11 +240,13 @@ def min_rounds(confusion, n: int, c: float, d: float, lam: float, *, temperature
     off = np.where(np.eye(K, dtype=bool), -np.inf, m)
     gap = diag - off.max(1)
     plurality = bool((gap > 0).all())
-    balanced = bool(np.abs(m.mean(0) - 1.0 / K).max() <= 1e-12)
+    imbalance = float(np.abs(m.mean(0) - 1.0 / K).max())
+    balanced = imbalance <= 1e-12
     delta = float(gap.min())
     noisy = diag < 1.0
     if not plurality or (noisy.any() and beta <= alpha):
-        return MinRounds(None, plurality, balanced, delta, alpha, beta, gamma)
+        result = MinRounds(None, plurality, balanced, delta, alpha, beta, gamma, imbalance, None)
+        return _report_imbalance(result, m)
     t_star = 0
     log_ratio = np.log(beta / alpha) if noisy.any() else 1.0
     for g in gap[noisy]:
@@ -216,7 +258,34 @@ def min_rounds(confusion, n: int, c: float, d: float, lam: float, *, temperature
         while t > 0 and t * log_ratio > need:
             t -= 1
         t_star = max(t_star, t)
-    return MinRounds(t_star, plurality, balanced, delta, alpha, beta, gamma)
+    return _report_imbalance(MinRounds(t_star, plurality, balanced, delta, alpha, beta, gamma, imbalance, t_star), m)
+
+
+def _first_correct_round(m: np.ndarray, alpha: float, beta: float, gamma: float, horizon: int) -> Optional[int]:
+    """First t <= horizon at which every (true a, given l) group with ``m[a, l] > 0`` has the strict argmax
+    a of ``alpha^(t+1) [k = l] + (beta^(t+1) - alpha^(t+1)) m[a, k] + (gamma^(t+1) - beta^(t+1)) g[k]``."""
+    g = m.mean(0)
+    a_idx, l_idx = np.nonzero(m > 0)
+    for t in range(horizon + 1):
+        pa, pb, pg = alpha ** (t + 1), beta ** (t + 1), gamma ** (t + 1)
+        scores = (pb - pa) * m[a_idx] + (pg - pb) * g[None, :]
+        scores[np.arange(a_idx.size), l_idx] += pa
+        own = scores[np.arange(a_idx.size), a_idx]
+        scores[np.arange(a_idx.size), a_idx] = -np.inf
+        if (own > scores.max(1)).all():
+            return t
+    return None
+
+
+def _report_imbalance(result: MinRounds, m: np.ndarray) -> MinRounds:
+    if result.balanced:
+        return result
+    horizon = max(4 * ((result.rounds or 0) + 1), 1000)
+    result.rounds_with_frequencies = _first_correct_round(m, result.alpha, result.beta, result.gamma, horizon)
+    warnings.warn(f"min_rounds: the label frequencies are not balanced (max |g_k - 1/K| = {result.imbalance:.3g}); "
+                  f"the formula's estimate rounds={result.rounds} ignores them, the linearised block model with them "
+                  f"reaches every label at round {result.rounds_with_frequencies}", UserWarning, stacklevel=3)
+    return result
 
 
 @dataclass

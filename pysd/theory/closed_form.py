@@ -174,6 +174,10 @@ def _gram_input(gram_or_features, n: int, kind: str, where: str) -> Tuple[str, n
         raise ValueError(f"{where}: gram_or_features has {x.shape[0]} rows but labels have {n}")
     scale = max(np.abs(x).max(initial=0.0), 1e-300)
     square_sym = x.shape == (n, n) and np.abs(x - x.T).max(initial=0.0) <= 1e-10 * scale
+    if kind == "auto" and x.shape == (n, n) and not square_sym:
+        raise ValueError(f"{where}: kind='auto' got a square ({n}, {n}) matrix that is not symmetric, so it is "
+                         "neither clearly a Gram matrix nor clearly features; pass kind='features' to use its "
+                         "rows as features (G = X X^T), or symmetrise it and pass kind='gram'")
     if kind == "gram" or (kind == "auto" and square_sym):
         if not square_sym:
             raise ValueError(f"{where}: kind='gram' needs a symmetric (N, N) matrix, got shape {x.shape}"
@@ -210,8 +214,9 @@ def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: i
         test_gram: optional ``(M, N)`` cross Gram ``X_test X_train^T`` (scikit-learn's orientation, as
             ``pairwise_kernels(X_test, X_train, metric="linear")``): adds ``test_outputs``.
         true_labels: optional ``(N,)`` true classes: adds the accuracies.
-        kind: ``"auto"`` (a symmetric ``(N, N)`` input is a Gram matrix, anything else
-            features), ``"gram"`` or ``"features"`` (e.g. for square symmetric features).
+        kind: ``"auto"`` (a symmetric ``(N, N)`` input is a Gram matrix, a non-square one
+            features; a square non-symmetric one is ambiguous and raises ``ValueError``),
+            ``"gram"`` or ``"features"`` (e.g. for square features).
         tol: exact mode: required fixed-point residual per round.
         max_iter: exact mode: Newton steps per round.
 
@@ -235,6 +240,7 @@ def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: i
     n, k = y.shape
     if n == 0:
         raise ValueError(f"{_WHERE}: labels are empty (N = 0)")
+    _checks.alloc(_WHERE, "num_classes", k, 8.0 * 4 * (rounds + 1) * n * k, "the per-round (R+1, N, K) outputs")
     source, mat = _gram_input(gram_or_features, n, kind, _WHERE)
     tg_test = None
     if test_gram is not None:

@@ -54,6 +54,8 @@ def krr_self_distillation(K, y, lam: float, rounds: int, alpha: float = 0.0, K_t
     where = "krr_self_distillation"
     kern = as_float64(K, "K", where, ndim=2)
     n = kern.shape[0]
+    if n == 0:
+        raise ValueError(f"{where}: K must have at least one row (N >= 1), got shape {kern.shape}")
     if kern.shape != (n, n) or np.abs(kern - kern.T).max(initial=0.0) > 1e-10 * max(np.abs(kern).max(initial=0), 1e-300):
         raise ValueError(f"{where}: K must be a symmetric (N, N) matrix, got shape {kern.shape}")
     yy = as_float64(y, "y", where)

@@ -176,7 +176,7 @@ PYSD_HD double cg_residual(const Column& c) { return c.bnorm > 0 ? sqrt(c.rho) /
 // Running statistics of one clipped score row z+ = max(z, 0).
 template <typename A>
 struct RowStats {
-  A l1 = 0, l2sq = 0, zlogz = 0, top = 0;
+  A l1 = 0, zlogz = 0, top = 0;
   int64_t arg = -1;  // first maximum among positive entries, -1 for a zero row
 };
 
@@ -184,7 +184,6 @@ template <typename A>
 PYSD_HD void row_stats_elem(RowStats<A>& s, A z, int64_t c) {
   const A v = z > A(0) ? z : A(0);
   s.l1 += v;
-  s.l2sq += v * v;
   s.zlogz += xlogy(v, v);
   if (v > s.top) {
     s.top = v;
@@ -196,7 +195,6 @@ PYSD_HD void row_stats_elem(RowStats<A>& s, A z, int64_t c) {
 template <typename A>
 PYSD_HD void row_stats_merge(RowStats<A>& s, const RowStats<A>& o) {
   s.l1 += o.l1;
-  s.l2sq += o.l2sq;
   s.zlogz += o.zlogz;
   if (o.top > s.top || (o.top == s.top && o.arg >= 0 && (s.arg < 0 || o.arg < s.arg))) {
     s.top = o.top;
@@ -206,17 +204,17 @@ PYSD_HD void row_stats_merge(RowStats<A>& s, const RowStats<A>& o) {
 
 // Per-row outputs: with p = z+ / sum z+, confidence = max p, the raw entropy
 // weight 1 - H(p) / log C (1 when C == 1) and margin = p[label] - p[given];
-// all 0 for a zero row.  `inv_l2` scales z+ to the L2-normalised scores.
+// all 0 for a zero row.  `inv_l1` scales z+ to the scores p (LP-DeepSSL's L1 rows).
 template <typename A>
 struct RowOut {
-  A inv_l2 = 0, confidence = 0, weight = 0, margin = 0;
+  A inv_l1 = 0, confidence = 0, weight = 0, margin = 0;
 };
 
 template <typename A>
 PYSD_HD RowOut<A> row_finish(const RowStats<A>& s, A given_value, int64_t cols) {
   RowOut<A> o;
   if (!(s.l1 > A(0))) return o;
-  o.inv_l2 = A(1) / sqrt(s.l2sq);
+  o.inv_l1 = A(1) / s.l1;
   o.confidence = s.top / s.l1;
   const A h = flog(s.l1) - s.zlogz / s.l1;  // -sum p log p
   o.weight = cols > 1 ? A(1) - h / flog(A(cols)) : A(1);
