@@ -1,4 +1,4 @@
-"""Property check run in a subprocess by tests/test_graph.py (a crash there is a failed test, not a dead run).
+"""Property check run in a subprocess by tests/test_graph_validation.py (a crash there is a failed test, not a dead run).
 
 Random CSR graphs, valid and corrupted: a valid one equals the scipy construction of the same edges and
 propagates like it on every CPU backend; a corrupted one raises ValueError at ``pysd.Graph``.
