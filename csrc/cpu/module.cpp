@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include "../bindings.h"
+#include "../bindings_llm.h"
 #include "ops.h"
 #include "simd.h"
 
@@ -28,6 +29,10 @@ PYBIND11_MODULE(_C, m) {
         return std::make_pair(it, fl);
       },
       [](const auto& g, const auto& a, uintptr_t) { pysd::cpu::propagate_post(g, a); });
+  pysd::bind::def_sparse_kd_loss(m, [](const auto& c, int phase, const auto& a, uintptr_t) {
+    pysd::cpu::sparse_kd_loss(c, phase, a);
+  });
+  pysd::bind::def_topk_teacher(m, [](const auto& c, const auto& a, uintptr_t) { pysd::cpu::topk_teacher(c, a); });
   m.def("build_info", [] {
     py::dict d;
     d["version"] = PYSD_VERSION;

@@ -5,6 +5,8 @@
 #include "pysd/partial_labels.h"
 #include "pysd/knn_graph.h"
 #include "pysd/propagate.h"
+#include "pysd/sparse_kd_loss.h"
+#include "pysd/topk_teacher.h"
 
 namespace pysd {
 namespace cpu {
@@ -33,6 +35,18 @@ void propagate_iterate(const prop::Csr<float>& g, const prop::IterArgs<float>& a
 void propagate_iterate(const prop::Csr<double>& g, const prop::IterArgs<double>& a, int64_t* it, int64_t* fl);
 void propagate_post(const prop::Csr<float>& g, const prop::PostArgs<float>& a);
 void propagate_post(const prop::Csr<double>& g, const prop::PostArgs<double>& a);
+
+// Sparse-teacher distillation loss, one phase of pysd/sparse_kd_loss.h (OpenMP over rows).
+void sparse_kd_loss(const skd::Config& c, int phase, const skd::Args<float, float>& a);
+void sparse_kd_loss(const skd::Config& c, int phase, const skd::Args<double, double>& a);
+void sparse_kd_loss(const skd::Config& c, int phase, const skd::Args<bf16_t, float>& a);
+void sparse_kd_loss(const skd::Config& c, int phase, const skd::Args<f16_t, float>& a);
+
+// Offline teacher pass: log-sum-exp and top-k per row (OpenMP over rows).
+void topk_teacher(const topk::Config& c, const topk::Args<float, float>& a);
+void topk_teacher(const topk::Config& c, const topk::Args<double, double>& a);
+void topk_teacher(const topk::Config& c, const topk::Args<bf16_t, float>& a);
+void topk_teacher(const topk::Config& c, const topk::Args<f16_t, float>& a);
 
 }  // namespace cpu
 }  // namespace pysd

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .. import _backend
 from .._ref import kd_loss as _ref_kd  # noqa: F401  (registers the torch backend)
+from ..sparse_teacher import SparseTeacher
 
 _DIVERGENCES = {"fkl": 0, "rkl": 1, "jsd": 2}
 _FORMATS = {"logits": 0, "probs": 1, "logprobs": 2}
@@ -155,6 +156,68 @@ def _choice(name: str, value, options) -> int:
     return options[value]
 
 
+def _check_rows(student_logits: Tensor, target, weight, normalizer, red: int, reduction: str, ignore_index: int,
+                checks: bool) -> None:
+    """Checks of the per-row arguments shared by every loss over ``(..., C)`` logits."""
+    c = student_logits.shape[-1]
+    batch = student_logits.shape[:-1]
+    dev = student_logits.device
+    if target is not None:
+        if not isinstance(target, Tensor):
+            raise TypeError(f"kd_loss: target must be a torch.Tensor or None, got {type(target).__name__}")
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+            raise TypeError(f"kd_loss: target must hold integer class indices, got {target.dtype}")
+        if target.shape != batch:
+            raise ValueError(f"kd_loss: target must have shape {tuple(batch)} (student_logits without C), "
+                             f"got {tuple(target.shape)}")
+        if target.device != dev:
+            raise ValueError(f"kd_loss: target is on {target.device}, student_logits on {dev}")
+        if checks and target.numel():
+            bad = ((target < 0) | (target >= c)) & (target != ignore_index)
+            if bool(bad.any()):
+                v = int(target[bad].flatten()[0])
+                raise ValueError(f"kd_loss: target has class index {v} outside [0, {c}) "
+                                 f"(and not ignore_index={ignore_index})")
+    if weight is not None:
+        if not isinstance(weight, Tensor):
+            raise TypeError(f"kd_loss: weight must be a torch.Tensor or None, got {type(weight).__name__}")
+        if not weight.dtype.is_floating_point:
+            raise TypeError(f"kd_loss: weight must be floating point, got {weight.dtype}")
+        if weight.shape != batch:
+            raise ValueError(f"kd_loss: weight must have shape {tuple(batch)}, got {tuple(weight.shape)}")
+        if weight.device != dev:
+            raise ValueError(f"kd_loss: weight is on {weight.device}, student_logits on {dev}")
+        if checks and weight.numel() and bool((weight < 0).any()):
+            raise ValueError("kd_loss: weight must be non-negative")
+    if normalizer is not None:
+        if red != _REDUCTIONS["mean"]:
+            raise ValueError(f"kd_loss: normalizer replaces the 'mean' denominator; got reduction={reduction!r}")
+        if not isinstance(normalizer, Tensor) or normalizer.numel() != 1:
+            raise TypeError("kd_loss: normalizer must be a one-element tensor")
+
+
+def _grad_scale(red: int, n: int, dev, y, w, ignore_index: int, normalizer) -> Tensor:
+    """d(reduced loss)/d(row loss) before weights, as a float64 0-d tensor (no host sync)."""
+    f64 = dict(dtype=torch.float64, device=dev)
+    if red == _REDUCTIONS["mean"]:
+        if normalizer is not None:
+            denom = normalizer.detach().reshape(()).to(**f64)
+        else:
+            valid = None if y is None else (y != ignore_index)
+            if w is not None:
+                denom = (w.to(torch.float64) * valid).sum() if valid is not None else w.to(torch.float64).sum()
+            elif valid is not None:
+                denom = valid.sum().to(torch.float64)
+            else:
+                denom = torch.tensor(float(n), **f64)
+        grad_scale = torch.where(denom > 0, 1.0 / denom, torch.zeros((), **f64))
+    elif red == _REDUCTIONS["batchmean"]:
+        grad_scale = torch.tensor(1.0 / n if n else 0.0, **f64)
+    else:
+        grad_scale = torch.ones((), **f64)
+    return grad_scale
+
+
 def kd_loss(
     student_logits: Tensor,
     teacher: Optional[Tensor] = None,
@@ -193,7 +256,10 @@ def kd_loss(
     Args:
         student_logits: ``(..., C)`` float32/float64/bfloat16/float16; any row stride.
         teacher: ``(..., C)`` same dtype and device, or None (no soft term).  Must not
-            require grad (detach it): the gradient goes to the student only.
+            require grad (detach it): the gradient goes to the student only.  A
+            :class:`pysd.SparseTeacher` (top-k entries per row) dispatches to the sparse
+            kernel (:func:`pysd.ops.sparse_kd_loss.sparse_kd_loss`); its format replaces
+            ``teacher_format``.
         target: ``(...)`` integer class indices in ``[0, C)`` or ``ignore_index``, or None
             (no hard term).  Rows with ``target == ignore_index`` contribute nothing to
             either term and are left out of the "mean" denominator.
@@ -221,6 +287,13 @@ def kd_loss(
     device once; they are skipped while ``torch.compile`` traces, and an out-of-range
     class then yields NaN rather than reading out of bounds.
     """
+    if isinstance(teacher, SparseTeacher):
+        from .sparse_kd_loss import sparse_kd_loss
+
+        return sparse_kd_loss(student_logits, teacher, target, divergence=divergence, beta=beta,
+                              temperature=temperature, scale_t2=scale_t2, hard_weight=hard_weight,
+                              soft_weight=soft_weight, label_smoothing=label_smoothing, ignore_index=ignore_index,
+                              weight=weight, reduction=reduction, normalizer=normalizer)
     if not isinstance(student_logits, Tensor):
         raise TypeError(f"kd_loss: student_logits must be a torch.Tensor, got {type(student_logits).__name__}")
     if student_logits.dtype not in _FLOATS:
@@ -263,38 +336,7 @@ def kd_loss(
             raise ValueError(f"kd_loss: teacher is on {teacher.device}, student_logits on {dev}")
         if checks and tf == _FORMATS["probs"] and teacher.numel() and bool((teacher < 0).any()):
             raise ValueError("kd_loss: teacher_format='probs' but the teacher has negative entries")
-    if target is not None:
-        if not isinstance(target, Tensor):
-            raise TypeError(f"kd_loss: target must be a torch.Tensor or None, got {type(target).__name__}")
-        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-            raise TypeError(f"kd_loss: target must hold integer class indices, got {target.dtype}")
-        if target.shape != batch:
-            raise ValueError(f"kd_loss: target must have shape {tuple(batch)} (student_logits without C), "
-                             f"got {tuple(target.shape)}")
-        if target.device != dev:
-            raise ValueError(f"kd_loss: target is on {target.device}, student_logits on {dev}")
-        if checks and target.numel():
-            bad = ((target < 0) | (target >= c)) & (target != ignore_index)
-            if bool(bad.any()):
-                v = int(target[bad].flatten()[0])
-                raise ValueError(f"kd_loss: target has class index {v} outside [0, {c}) "
-                                 f"(and not ignore_index={ignore_index})")
-    if weight is not None:
-        if not isinstance(weight, Tensor):
-            raise TypeError(f"kd_loss: weight must be a torch.Tensor or None, got {type(weight).__name__}")
-        if not weight.dtype.is_floating_point:
-            raise TypeError(f"kd_loss: weight must be floating point, got {weight.dtype}")
-        if weight.shape != batch:
-            raise ValueError(f"kd_loss: weight must have shape {tuple(batch)}, got {tuple(weight.shape)}")
-        if weight.device != dev:
-            raise ValueError(f"kd_loss: weight is on {weight.device}, student_logits on {dev}")
-        if checks and weight.numel() and bool((weight < 0).any()):
-            raise ValueError("kd_loss: weight must be non-negative")
-    if normalizer is not None:
-        if red != _REDUCTIONS["mean"]:
-            raise ValueError(f"kd_loss: normalizer replaces the 'mean' denominator; got reduction={reduction!r}")
-        if not isinstance(normalizer, Tensor) or normalizer.numel() != 1:
-            raise TypeError("kd_loss: normalizer must be a one-element tensor")
+    _check_rows(student_logits, target, weight, normalizer, red, reduction, ignore_index, checks)
 
     if teacher is None and hard_weight == 0.0:
         hard_weight = 1.0
@@ -307,24 +349,7 @@ def kd_loss(
     y = None if target is None else target.reshape(n).to(torch.int64).contiguous()
     w = None if weight is None else weight.detach().reshape(n).to(acc).contiguous()
 
-    # d(reduced loss)/d(row loss) before weights: the kernels fold it into the gradient.
-    f64 = dict(dtype=torch.float64, device=dev)
-    if red == _REDUCTIONS["mean"]:
-        if normalizer is not None:
-            denom = normalizer.detach().reshape(()).to(**f64)
-        else:
-            valid = None if y is None else (y != ignore_index)
-            if w is not None:
-                denom = (w.to(torch.float64) * valid).sum() if valid is not None else w.to(torch.float64).sum()
-            elif valid is not None:
-                denom = valid.sum().to(torch.float64)
-            else:
-                denom = torch.tensor(float(n), **f64)
-        grad_scale = torch.where(denom > 0, 1.0 / denom, torch.zeros((), **f64))
-    elif red == _REDUCTIONS["batchmean"]:
-        grad_scale = torch.tensor(1.0 / n if n else 0.0, **f64)
-    else:
-        grad_scale = torch.ones((), **f64)
+    grad_scale = _grad_scale(red, n, dev, y, w, ignore_index, normalizer)
 
     compute_grad = student_logits.requires_grad and torch.is_grad_enabled()
     loss, _ = _kd_loss_op(s2, t2, y, w, grad_scale, tf, div, beta, temperature, soft_coef, hard_weight,
