@@ -36,7 +36,8 @@ class SparseTeacher:
 
             * ``"renormalize"`` — the entries are renormalized to sum to 1 (no tail).
             * ``"bucket"`` — one extra class of mass ``m`` set against the student's
-              ``1 - sum(q_topk)`` (the student's mass outside the named ids).
+              ``1 - sum(q_topk)`` (the student's mass outside the named ids); when the
+              entries name every class there is no bucket and ``m`` is dropped.
             * ``"uniform"`` — ``m`` spread evenly over the ``V - k`` classes not named.
         temperature: the temperature ``T_gen`` the values were produced at.  At loss
             temperature ``T`` every atom of the teacher (each entry, the bucket, each

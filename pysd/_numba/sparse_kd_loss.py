@@ -73,7 +73,7 @@ def _teacher_row(ids, vals, fmt, tail, r, vocab, kid, lp):
     atom = NEG_INF
     nu = 0.0
     if tail == BUCKET:
-        atom = r * math.log(m) if m > 0 else NEG_INF
+        atom = r * math.log(m) if m > 0 and distinct < vocab else NEG_INF
         norm = _log_add(norm, atom)
     elif tail == UNIFORM:
         nu = vocab - distinct
@@ -219,10 +219,9 @@ def _sparse_rows(s, ids, vals, target, weight, grad_scale, grad, loss, has_targe
                     D += q * (lq - lp[e]) if q > 0 else 0.0
                 if tail == BUCKET:
                     D += qt * (lqt - lpt) if qt > 0 else 0.0
-                    aq = lqt - lpt - D
-                else:
-                    if uniform:
-                        D += (wsum / sz - log_sz - sum_qlq) - (qt * lpt if qt > 0 else 0.0)
+                    aq = lqt - lpt - D if qt > 0 else 0.0
+                elif uniform:
+                    D += (wsum / sz - log_sz - sum_qlq) - (qt * lpt if qt > 0 else 0.0)
                     aq = -log_sz - lpt - D
                     aw = 1.0
             else:
@@ -239,9 +238,10 @@ def _sparse_rows(s, ids, vals, target, weight, grad_scale, grad, loss, has_targe
                     D += (1.0 - beta) * qt * fj
                     qf += qt * fj
                 elif tail == BUCKET:
-                    fj, d = _jsd(beta, qt, lqt, pt, lpt)
+                    f, d = _jsd(beta, qt, lqt, pt, lpt)
+                    fj = f if qt > 0 else 0.0
                     D += d
-                    qf += qt * fj if qt > 0 else 0.0
+                    qf += qt * fj
                 elif uniform:
                     dk = 0.0
                     qfk = 0.0

@@ -44,14 +44,15 @@ def dense_teacher(indices: torch.Tensor, values: torch.Tensor, vocab: int, *, fo
         shift = logv.amax(-1, keepdim=True)
         logv = logv - torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
     w = torch.zeros(n, vocab, dtype=dt).scatter_add(1, ids, torch.exp(logv))
-    in_k = torch.zeros(n, vocab, dtype=torch.bool).scatter(1, ids, valid)
+    in_k = torch.zeros(n, vocab, dtype=dt).scatter_add(1, ids, valid.to(dt)) > 0  # padding adds 0
     mass = 1.0 - w.sum(-1) if format != LOGITS else torch.zeros(n, dtype=dt)
     m = mass.clamp_min(0.0)
     wr = torch.where(in_k & (w > 0), w.clamp_min(1e-300) ** retemper, torch.zeros_like(w))
     atom = torch.zeros(n, dtype=dt)
     tail_total = torch.zeros(n, dtype=dt)
     if tail == BUCKET:
-        atom = torch.where(m > 0, m.clamp_min(1e-300) ** retemper, atom)
+        named_all = in_k.sum(-1) == vocab  # no class left for the bucket
+        atom = torch.where((m > 0) & ~named_all, m.clamp_min(1e-300) ** retemper, atom)
         tail_total = atom
     elif tail == UNIFORM:
         nu = (~in_k).sum(-1).to(dt)
@@ -90,7 +91,9 @@ def soft_divergence(student: torch.Tensor, p: torch.Tensor, in_k: torch.Tensor, 
         zero = torch.zeros_like(q)
         qk = torch.where(in_k, q, zero)
         qt = (1.0 - qk.sum(-1)).clamp_min(0.0)
-        lqt, lpt = torch.log(qt), torch.log(pt)
+        # log q_t through a safe branch: autograd of where() would turn log(0)'s -inf into NaN
+        lqt = torch.where(qt > 0, torch.log(torch.where(qt > 0, qt, torch.ones_like(qt))), -math.inf)
+        lpt = torch.log(pt)
         lqk = torch.where(in_k, lq, zero)
         lpk = torch.where(in_k, lp, zero)
         pk = torch.where(in_k, p, zero)

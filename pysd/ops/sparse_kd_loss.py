@@ -225,7 +225,7 @@ def sparse_kd_plan(teacher: SparseTeacher, vocab: int, target: Optional[Tensor] 
                    retemper=teacher.temperature / temperature, divergence=div, beta=beta, temperature=temperature,
                    soft_coef=soft_weight * (temperature * temperature if scale_t2 else 1.0),
                    hard_weight=hard_weight, label_smoothing=label_smoothing, ignore_index=ignore_index)
-    return SparsePlan(vocab, ids.to(torch.int64).contiguous(), teacher.values.detach().reshape(n, -1).to(acc)
+    return SparsePlan(vocab, ids.to(torch.int64).contiguous(), teacher.values.detach().reshape(n, teacher.k).to(acc)
                       .contiguous(), y, w, _grad_scale(red, n, device, y, w, ignore_index, normalizer), options,
                       dtype, red)
 

@@ -169,7 +169,8 @@ PYSD_HD TeacherRow<A> teacher_row(const Config& c, const int64_t* ids, const A* 
   const double m = pk < 1.0 ? 1.0 - pk : 0.0;  // the stored distribution's missing mass
   double atom = -INFINITY;
   if (c.tail == kBucket) {
-    atom = m > 0 ? r * log(m) : -INFINITY;
+    // The bucket holds the classes no entry names; with none left it does not exist.
+    atom = m > 0 && distinct < double(c.vocab) ? r * log(m) : -INFINITY;
     norm = log_add(norm, atom);
   } else if (c.tail == kUniform) {
     const double nu = double(c.vocab) - distinct;
@@ -313,8 +314,9 @@ PYSD_HD A finalize(const Config& c, const Stats<A>& st, const TeacherRow<A>& tr,
         const A all_qlq = st.w * inv_sz - log_sz;
         D += (all_qlq - sum_qlq) - (qt > A(0) ? qt * lpt : A(0));
       }
-      if (c.tail == kBucket) aq = lqt - lpt - D;
-      else { aq = -log_sz - lpt - D; aw = A(1); }
+      // A tail the student has no mass in contributes q_c (...) -> 0.
+      if (c.tail == kBucket) aq = qt > A(0) ? lqt - lpt - D : A(0);
+      else if (uniform) { aq = -log_sz - lpt - D; aw = A(1); }
     } else {
       for (int64_t e = 0; e < c.k; ++e) {
         if (kid[e] < 0) continue;
@@ -330,9 +332,10 @@ PYSD_HD A finalize(const Config& c, const Stats<A>& st, const TeacherRow<A>& tr,
         qf += qt * fj;
       } else if (c.tail == kBucket) {
         A d;
-        fj = jsd_elem(beta, qt, lqt, pt, lpt, d);
+        const A f = jsd_elem(beta, qt, lqt, pt, lpt, d);
+        fj = qt > A(0) ? f : A(0);  // f = -inf at q_t = 0 multiplies q_c = 0 only
         D += d;
-        qf += qt > A(0) ? qt * fj : A(0);
+        qf += qt * fj;
       } else if (uniform) {
         // The tail pass summed every class as a tail class; take the K entries back out.
         A dk = 0, qfk = 0;
