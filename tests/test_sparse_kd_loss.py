@@ -43,18 +43,21 @@ def teacher_atoms(ids, vals, fmt, tail, t_gen, temperature, vocab):
     return [(a / z if z > 0 else 0.0, cls) for a, cls in atoms], z > 0
 
 
-def divergence(atoms, q, div, beta):
-    total = q.new_zeros(())
+def divergence(atoms, lq, div, beta):
+    """D over the atoms; the student's atom masses in log space (logsumexp of log q)."""
+    total = lq.new_zeros(())
     for p, cls in atoms:
-        qa = q[cls].sum()
+        lqa = torch.logsumexp(lq[cls], 0)
+        qa = lqa.exp()
         p = torch.tensor(p, dtype=torch.float64)
         if div == "fkl":
-            total = total + (p * (p.log() - qa.log()) if p > 0 else 0.0)
+            total = total + (p * (p.log() - lqa) if p > 0 else 0.0)
         elif div == "rkl":
-            total = total + qa * (qa.log() - p.log())
+            total = total + (qa * (lqa - p.log()) if qa > 0 else 0.0)
         else:
-            m = beta * p + (1 - beta) * qa
-            total = total + beta * (p * (p.log() - m.log()) if p > 0 else 0.0) + (1 - beta) * qa * (qa.log() - m.log())
+            lm = torch.logaddexp(math.log(beta) + p.log(), math.log(1 - beta) + lqa)
+            total = total + beta * (p * (p.log() - lm) if p > 0 else 0.0) + \
+                ((1 - beta) * qa * (lqa - lm) if qa > 0 else 0.0)
     return total
 
 
@@ -80,7 +83,7 @@ def reference(s, teacher, y=None, *, divergence_="fkl", beta=0.5, temperature=1.
             row = row + hard_weight * ((1 - label_smoothing) * -lq1[yi] + label_smoothing * -lq1.mean())
         atoms, has = teacher_atoms(ids[i], vals[i], teacher.format, teacher.tail, teacher.temperature, temperature, v)
         if has and coef:
-            row = row + coef * divergence(atoms, F.softmax(s2[i] / temperature, -1), div, beta)
+            row = row + coef * divergence(atoms, F.log_softmax(s2[i] / temperature, -1), div, beta)
         rows.append(row * (1.0 if weight is None else float(weight.reshape(-1)[i])))
     rows = torch.stack(rows)
     if reduction == "none":
