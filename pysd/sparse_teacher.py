@@ -199,7 +199,9 @@ def _npz_member_memmap(path: str, name: str) -> np.ndarray:
         extra_len = int.from_bytes(local[28:30], "little")
         f.seek(info.header_offset + 30 + name_len + extra_len)
         version = np.lib.format.read_magic(f)
-        shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
         offset = f.tell()
     if fortran:
         raise ValueError(f"SparseTeacher.load: member {name!r} is Fortran-ordered")
