@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BASELINE_PREFIXES = ("eager", "compile", "scipy", "faiss", "sklearn", "lbfgs")
+BASELINE_PREFIXES = ("eager", "compile", "liger", "scipy", "faiss", "sklearn", "lbfgs")
 
 
 def find_bench_dir(explicit=None) -> Path:
