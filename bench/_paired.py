@@ -46,8 +46,10 @@ def record_paired(results: dict, group: str, times: dict, peaks: dict, pysd_impl
 
 def peak_rss(module: str, impl: str, *args) -> float:
     """Peak RSS growth (MiB) of one call, in a fresh process."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     out = subprocess.run([sys.executable, os.path.abspath(__file__), module, impl, *map(str, args)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     if out.returncode != 0:
         return float("nan")
     return round(int(out.stdout.strip().splitlines()[-1]) / 2**20, 1)

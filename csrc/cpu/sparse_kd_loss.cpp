@@ -136,7 +136,7 @@ PYSD_INLINE void apply_piece(const Config& c, const Coef<A>& co, const In* __res
 }
 
 template <typename In, typename A>
-void row(const Config& c, int phase, const Args<In, A>& a, int64_t i, Work<A>& wk) {
+PYSD_INLINE void row(const Config& c, int phase, const Args<In, A>& a, int64_t i, Work<A>& wk) {
   const int64_t k = c.k, n = c.width;
   const In* s = a.student + i * a.student_stride;
   In* g = a.grad ? a.grad + i * a.grad_stride : nullptr;

@@ -18,7 +18,7 @@ using namespace topk;
 constexpr int64_t kBlock = 256;
 
 template <typename In, typename A>
-void row(const Config& c, const Args<In, A>& a, int64_t i, A* hv, int64_t* hi) {
+PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, A* hv, int64_t* hi) {
   const In* __restrict x = a.logits + i * a.stride;
   const int64_t n = c.cols, k = c.k;
   const A inv_t = A(1) / A(c.temperature);
