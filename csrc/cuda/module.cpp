@@ -2,6 +2,7 @@
 // stream handle.  Compiled by the host compiler; the CUDA runtime is linked
 // statically, so importing works without a GPU and a call fails cleanly.
 #include "../bindings.h"
+#include "../bindings_llm.h"
 #include "ops.h"
 
 namespace py = pybind11;
@@ -21,6 +22,12 @@ PYBIND11_MODULE(_C_cuda, m) {
       m, [](const auto& g, const auto& a, uintptr_t st) { return pysd::cuda::propagate_cg(g, a, st); },
       [](const auto& g, const auto& a, uintptr_t st) { return pysd::cuda::propagate_iterate(g, a, st); },
       [](const auto& g, const auto& a, uintptr_t st) { pysd::cuda::propagate_post(g, a, st); });
+  pysd::bind::def_sparse_kd_loss(m, [](const auto& c, int phase, const auto& a, uintptr_t stream) {
+    pysd::cuda::sparse_kd_loss(c, phase, a, stream);
+  });
+  pysd::bind::def_topk_teacher(m, [](const auto& c, const auto& a, uintptr_t stream) {
+    pysd::cuda::topk_teacher(c, a, stream);
+  });
   m.def("device_count", &pysd::cuda::device_count);
   m.def("build_info", [] {
     py::dict d;

@@ -9,6 +9,8 @@
 #include "pysd/partial_labels.h"
 #include "pysd/knn_graph.h"
 #include "pysd/propagate.h"
+#include "pysd/sparse_kd_loss.h"
+#include "pysd/topk_teacher.h"
 
 namespace pysd {
 namespace cuda {
@@ -38,6 +40,16 @@ std::pair<int64_t, int64_t> propagate_iterate(const prop::Csr<double>& g, const 
                                               uintptr_t stream);
 void propagate_post(const prop::Csr<float>& g, const prop::PostArgs<float>& a, uintptr_t stream);
 void propagate_post(const prop::Csr<double>& g, const prop::PostArgs<double>& a, uintptr_t stream);
+
+// Sparse-teacher loss (fused phase only) and the offline teacher pass.
+void sparse_kd_loss(const skd::Config& c, int phase, const skd::Args<float, float>& a, uintptr_t stream);
+void sparse_kd_loss(const skd::Config& c, int phase, const skd::Args<double, double>& a, uintptr_t stream);
+void sparse_kd_loss(const skd::Config& c, int phase, const skd::Args<bf16_t, float>& a, uintptr_t stream);
+void sparse_kd_loss(const skd::Config& c, int phase, const skd::Args<f16_t, float>& a, uintptr_t stream);
+void topk_teacher(const topk::Config& c, const topk::Args<float, float>& a, uintptr_t stream);
+void topk_teacher(const topk::Config& c, const topk::Args<double, double>& a, uintptr_t stream);
+void topk_teacher(const topk::Config& c, const topk::Args<bf16_t, float>& a, uintptr_t stream);
+void topk_teacher(const topk::Config& c, const topk::Args<f16_t, float>& a, uintptr_t stream);
 
 int device_count();            // 0 when no driver / no device
 std::string runtime_version();

@@ -79,6 +79,7 @@ def _extension_backend(module: str):
 
 
 _backend.register("sparse_kd_loss", "cpp")(_extension_backend("_C"))
+_backend.register("sparse_kd_loss", "cuda")(_extension_backend("_C_cuda"))
 _backend.register("sparse_kd_loss", "numba", "pysd._numba.sparse_kd_loss:sparse_kd_loss_backend")
 
 
