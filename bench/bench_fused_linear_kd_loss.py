@@ -11,6 +11,7 @@ Peak = resident-set growth of one call in a fresh process.
 """
 
 import functools
+import os
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ from _paired import paired, peak_rss, record_paired
 from conftest import FULL, RESULTS
 
 K = 64
-SIZES = [(2048, 1024, 128256)] if FULL else [(512, 512, 32000)]
+# PYSD_BENCH_LLM_ROWS overrides N of the full size (eager materialises ~6 (N, V) fp32 buffers)
+SIZES = [(int(os.environ.get("PYSD_BENCH_LLM_ROWS", 2048)), 1024, 128256)] if FULL else [(512, 512, 32000)]
 ROUNDS = 2 if FULL else 3
 
 

@@ -8,6 +8,7 @@ Interleaved rounds; median paired ratio (min-max); peak RSS growth of one call i
 """
 
 import functools
+import os
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ from _paired import paired, peak_rss, record_paired
 from conftest import FULL, RESULTS
 
 K = 64
-SIZES = [(4096, 128256)] if FULL else [(512, 32000)]
+# PYSD_BENCH_LLM_ROWS overrides N of the full size (the eager recipe needs ~8 (N, V) fp32 buffers)
+SIZES = [(int(os.environ.get("PYSD_BENCH_LLM_ROWS", 4096)), 128256)] if FULL else [(512, 32000)]
 ROUNDS = 3 if FULL else 5
 
 
