@@ -25,7 +25,7 @@ from conftest import RESULTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = os.environ.get("PYSD_BENCH_FULL") == "1"
-N, D, K, C = (100_000, 128, 10, 100) if FULL else (20_000, 64, 10, 20)
+N, D, K, C = (100_000, 128, 10, 100) if FULL else (5_000, 64, 10, 20)
 ITERS, CORES = 20, 2
 
 
@@ -41,7 +41,7 @@ def _data():
 def _worker(rank, world, port, out):
     sys.path.insert(0, ROOT)
     import pysd
-    from pysd.distributed import _ShardOperator
+    from pysd.distributed.propagate import _ShardOperator
 
     torch.set_num_threads(max(1, CORES // world))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,

@@ -1,6 +1,6 @@
-"""Label propagation benchmark (protocol: shared/reference/label_prop_peers.md §10, cells B and C).
+"""Label propagation benchmark (cg and iterate against their scipy peers).
 
-    python -m pytest bench/bench_propagate.py -s                      # quick: N=20k
+    python -m pytest bench/bench_propagate.py -s                      # quick: N=5k
     PYSD_BENCH_FULL=1 python -m pytest bench/bench_propagate.py -s    # headline: N=100k, d=128, k=10, C=100
     PYSD_BENCH_SKIP_SKLEARN=1 ...                                     # leave out LabelSpreading (~1 min at 100k)
 
@@ -27,7 +27,7 @@ import pysd  # noqa: E402
 
 faiss = pytest.importorskip("faiss")
 FULL = os.environ.get("PYSD_BENCH_FULL") == "1"
-N, D, K, C = (100_000 if FULL else 20_000), 128, 10, 100
+N, D, K, C = (100_000 if FULL else 5_000), 128, 10, 100
 ALPHA, ITERS = 0.99, 20
 torch.set_num_threads(2)
 faiss.omp_set_num_threads(2)
@@ -36,7 +36,7 @@ NOTES = {}
 
 
 def make_data(n, d, c, spread=0.6, noise=0.2, seed=0):
-    """§5 generator: unit class centres, x = c_y + spread*4/sqrt(d)*eps, L2-normalised, symmetric noise."""
+    """Data generator: unit class centres, x = c_y + spread*4/sqrt(d)*eps, L2-normalised, symmetric noise."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(c, d))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -166,3 +166,25 @@ def test_pysd_end_to_end(benchmark, data):
 
     r = timed(benchmark, "pysd e2e (faiss graph + cg)", run, rounds=1)
     NOTES["pysd e2e label accuracy"] = f"{(r.labels == data['clean']).mean():.4f}"
+
+
+def test_reorder_paired(data):
+    """cg plain, cg with reorder=True (graph order cached) and the per-class scipy cg, interleaved, 3 rounds."""
+    from conftest import paired, spread
+
+    g, labels = data["g"], data["noisy"]
+    t = time.perf_counter()
+    g.reordered()
+    NOTES["reorder: first call (RCM + permuted CSR), s"] = f"{time.perf_counter() - t:.2f}"
+    ref = scipy_cg_loop(data["S"], data["Y"])
+    r = pysd.propagate(g, labels, solver="cg", alpha=ALPHA, max_iter=ITERS, reorder=True)
+    assert np.abs(r.raw_scores - ref).max() / np.abs(ref).max() < 1e-3
+    times = paired({"plain": lambda: pysd.propagate(g, labels, solver="cg", alpha=ALPHA, max_iter=ITERS),
+                    "reorder": lambda: pysd.propagate(g, labels, solver="cg", alpha=ALPHA, max_iter=ITERS,
+                                                      reorder=True),
+                    "scipy": lambda: scipy_cg_loop(data["S"], data["Y"])}, reps=3)
+    for k in ("plain", "reorder"):
+        NOTES[f"cg {k} / scipy per-class cg, paired rounds"] = spread(
+            [a / b for a, b in zip(times[k], times["scipy"])])
+    NOTES["cg reorder / plain, paired rounds"] = spread([a / b for a, b in zip(times["reorder"], times["plain"])])
+    NOTES["load average during the paired rounds"] = f"{os.getloadavg()[0]:.1f}"

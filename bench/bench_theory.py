@@ -16,7 +16,7 @@ machine OpenBLAS's spinning worker threads make small multi-threaded factorisati
 (10-70x slower under load), which would measure the machine, not the method.
 
     python -m pytest bench/bench_theory.py                     # quick: N = 1000 / 200
-    PYSD_BENCH_FULL=1 python -m pytest bench/bench_theory.py   # DESIGN sizes: N = 2000 / 500
+    PYSD_BENCH_FULL=1 python -m pytest bench/bench_theory.py   # headline sizes: N = 2000 / 500
 """
 
 import os

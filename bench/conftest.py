@@ -1,7 +1,9 @@
 """Benchmark helpers: a results table with ratios against the baselines measured in
 the same run, the machine's copy bandwidth, and a JSON dump for `pysd bench`.
 
-Sizes: quick by default; PYSD_BENCH_FULL=1 for the headline sizes of DESIGN.md.
+Every timed benchmark of every bench_*.py lands in the results: under the (group, impl) a test passes to
+:func:`record`, or else under the benchmark's group (default: the file's op, e.g. "knn_graph") and the
+test's name.  Sizes: quick by default; PYSD_BENCH_FULL=1 for the headline sizes.
 Results go to $PYSD_BENCH_OUT (default .benchmarks/pysd_results.json).
 """
 
@@ -17,11 +19,52 @@ import torch
 FULL = os.environ.get("PYSD_BENCH_FULL", "0") == "1"
 RESULTS = defaultdict(dict)  # group -> impl -> {"seconds":..., **extra}
 META = {}
+_RECORDED = set()  # ids of the benchmark fixtures stored through record()
 
 
 def record(group: str, impl: str, benchmark, **extra):
-    """Store the best time of a finished pytest-benchmark run under (group, impl)."""
-    RESULTS[group][impl] = {"seconds": float(benchmark.stats.stats.min), **extra}
+    """Store the median time of a finished pytest-benchmark run under (group, impl), with its min-max
+    spread over the rounds (this machine's timings swing between identical runs)."""
+    st = benchmark.stats.stats
+    RESULTS[group][impl] = {"seconds": float(st.median), "min_max_ms": f"{st.min * 1e3:.1f}-{st.max * 1e3:.1f}",
+                            "rounds": int(st.rounds), **extra}
+    _RECORDED.add(id(benchmark))
+
+
+def paired(fns: dict, reps: int = 6) -> dict:
+    """Runs the callables of ``fns`` (name -> fn) interleaved, ``reps`` rounds in this process, the order
+    alternating per round; returns name -> list of seconds.  Ratios are then taken round by round."""
+    times = {k: [] for k in fns}
+    for i in range(reps):
+        for k in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def spread(values) -> str:
+    """``median (min-max)`` of a list of numbers."""
+    v = sorted(values)
+    return f"{v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2:.3g} ({v[0]:.3g}-{v[-1]:.3g})"
+
+
+@pytest.fixture(autouse=True)
+def _collect_every_benchmark(request):
+    """After each test: a timed benchmark that did not go through record() (nor wrote RESULTS itself) is
+    stored generically."""
+    before = sum(len(v) for v in RESULTS.values())
+    yield
+    bench = request.node.funcargs.get("benchmark") if "benchmark" in request.fixturenames else None
+    if bench is None or id(bench) in _RECORDED or getattr(bench, "stats", None) is None:
+        return
+    if sum(len(v) for v in RESULTS.values()) != before:
+        return
+    module = Path(str(request.node.fspath)).stem.removeprefix("bench_")
+    group = bench.group or module
+    impl = request.node.name.removeprefix("test_")
+    extra = {k: v for k, v in bench.extra_info.items() if isinstance(v, (int, float, str))}
+    RESULTS[group][impl] = {"seconds": float(bench.stats.stats.median), **extra}
 
 
 def copy_bandwidth_gbs(nbytes: int = 256 << 20, reps: int = 5) -> float:

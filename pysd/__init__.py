@@ -1,6 +1,6 @@
 """pysd: fast kernels for self-distillation and knowledge distillation under label noise.
 
-Public API (see README.md and DESIGN.md):
+Public API (see README.md):
 
 * :func:`kd_loss` / :class:`pysd.nn.DistillationLoss`: the fused distillation loss.
 * :func:`partial_labels`: partial-label (top-k) targets from a teacher's probabilities.
@@ -11,6 +11,8 @@ Public API (see README.md and DESIGN.md):
 * :func:`small_loss_mask`, :func:`gmm_clean_prob`: small-loss sample selection.
 * :mod:`pysd.distributed`: the loss normalizer, kNN graph and propagation over ``torch.distributed`` row shards.
 * :func:`info`: backends, build configuration and versions.
+* Optional integrations, imported on demand (each imports its library): :mod:`pysd.sklearn` (a scikit-learn
+  estimator), :mod:`pysd.integrations.transformers` (distillation in a Hugging Face ``Trainer``).
 """
 
 __version__ = "0.1.0"
@@ -31,9 +33,22 @@ from .graph import Graph  # noqa: E402
 from .ops.propagate import Propagation, propagate  # noqa: E402
 from .ops.selection import gmm_clean_prob, small_loss_mask  # noqa: E402
 from . import nn  # noqa: E402
-from . import theory  # noqa: E402
-from . import recipes  # noqa: E402
-from . import distributed  # noqa: E402
+
+# scipy.linalg (theory, recipes) and torch.distributed cost more to import than the rest of pysd together:
+# these subpackages load on first use (``pysd.theory.sd_outputs``, ``from pysd import theory`` alike).
+_LAZY = ("theory", "recipes", "distributed")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'pysd' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
 
 
 def info() -> dict:
@@ -41,5 +56,6 @@ def info() -> dict:
     return _backend.info()
 
 
-__all__ = ["kd_loss", "SparseTeacher", "topk_teacher", "fused_linear_kd_loss", "partial_labels", "knn_graph", "Graph", "propagate", "Propagation", "small_loss_mask",
+__all__ = ["kd_loss", "SparseTeacher", "topk_teacher", "fused_linear_kd_loss", "partial_labels", "knn_graph", "Graph",
+           "propagate", "Propagation", "small_loss_mask",
            "gmm_clean_prob", "nn", "theory", "recipes", "distributed", "info", "BackendError", "__version__"]

@@ -5,13 +5,16 @@ Order: ``cuda`` (tensor on a GPU and ``pysd._C_cuda`` usable) → ``cpp``
 ``pysd._ref``).  ``PYSD_BACKEND=cuda|cpp|numba|torch`` forces one; a forced
 backend that cannot serve a call raises :class:`BackendError` saying why.
 
-Implementations register themselves per op with :func:`register`; the
-extension modules are imported once, at ``import pysd``, and a failure to load
-``pysd._C`` is reported with one warning and falls back to numba.
+Each op declares its backends with one :func:`register` call; the adapters live in
+``pysd/_cpp/<op>.py`` (both extension modules), ``pysd/_numba/<op>.py`` and ``pysd/_ref/<op>.py`` and
+are imported on first use.  This module is the only one that knows the extension modules: they are
+imported once, at ``import pysd``, and a failure to load ``pysd._C`` is reported with one warning and
+falls back to numba.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import warnings
@@ -53,8 +56,18 @@ def _load(module: str) -> Optional[object]:
 
 
 def extension(name: str = "_C"):
-    """The loaded extension module ``pysd._C`` / ``pysd._C_cuda`` (or None)."""
-    return _load(name)
+    """The loaded extension module ``pysd._C`` / ``pysd._C_cuda`` (or None).
+
+    For ``pysd._C`` it also sets the calling thread's OpenMP team size to
+    ``torch.get_num_threads()``: adapters call this right before a launch, so every CPU
+    kernel follows the torch setting of the thread that launches it (see README "Threads").
+    """
+    mod = _load(name)
+    if mod is not None and name == "_C":
+        import torch
+
+        mod.set_num_threads(torch.get_num_threads())
+    return mod
 
 
 def _numba_reason() -> Optional[str]:
@@ -90,31 +103,31 @@ def status(name: str) -> BackendStatus:
     raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
 
 
-def register(op: str, backend: str, target: Optional[str] = None):
-    """Register ``backend``'s implementation of ``op``.
+# Where each backend's adapter of op ``<op>`` lives, and the extension module it is handed:
+# ``pysd/_cpp/<op>.py`` serves both compiled modules, ``pysd/_numba/<op>.py`` and ``pysd/_ref/<op>.py``
+# the fallbacks.  Every adapter module defines ``backend``; it is imported on first use.
+_ADAPTERS = {"cuda": ("pysd._cpp", "_C_cuda"), "cpp": ("pysd._cpp", "_C"), "numba": ("pysd._numba", None),
+             "torch": ("pysd._ref", None)}
 
-    As a decorator, ``register(op, backend)(fn)``; or lazily, with ``target`` a
-    ``"module:function"`` string imported on first use (numba kernels, whose
-    import and JIT cost nothing until a call needs them).
+
+def register(op: str, backends: Tuple[str, ...] = BACKENDS) -> None:
+    """Declare that ``op`` has an adapter in each of ``backends`` (``pysd/<package>/<op>.py:backend``).
+
+    Nothing is imported here: the adapter module (and numba's JIT) load when a call first needs it.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    if target is not None:
-        _impls.setdefault(op, {})[backend] = target
-        return None
-
-    def deco(fn: Callable) -> Callable:
-        _impls.setdefault(op, {})[backend] = fn
-        return fn
-
-    return deco
+    for name in backends:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+        _impls.setdefault(op, {})[name] = None
 
 
 def _resolve(op: str, name: str) -> Callable:
     fn = _impls[op][name]
-    if isinstance(fn, str):
-        module, attr = fn.split(":")
-        fn = getattr(importlib.import_module(module), attr)
+    if fn is None:
+        package, ext = _ADAPTERS[name]
+        fn = importlib.import_module(f"{package}.{op}").backend
+        if ext is not None:
+            fn = functools.partial(fn, _load(ext))
         _impls[op][name] = fn
     return fn
 
@@ -201,3 +214,15 @@ def info() -> dict:
     out["forced_backend"] = os.environ.get(ENV_VAR) or None
     out["ops"] = {op: sorted(impls) for op, impls in sorted(_impls.items())}
     return out
+
+
+def select_part(op: str, device_type: str, attr: str) -> Optional[Callable]:
+    """``attr`` of the adapter module of the backend that serves ``op`` on ``device_type`` tensors, bound
+    to its extension module like ``backend``; None when that adapter has no ``attr`` (e.g. the tile merge
+    of ``knn_graph``, which only the compiled backends expose)."""
+    name = select(op, device_type)[0]
+    package, ext = _ADAPTERS[name]
+    fn = getattr(importlib.import_module(f"{package}.{op}"), attr, None)
+    if fn is None or ext is None:
+        return fn
+    return functools.partial(fn, _load(ext))

@@ -1,28 +1,50 @@
-"""``pysd bench``: run bench/ with pytest-benchmark and write a Markdown table and a PNG chart."""
+"""``pysd bench``: run the benchmarks with pytest-benchmark and write a Markdown table and a PNG chart.
+
+The benchmarks ship with the package (``pysd/bench/``, built from the repository's ``bench/``); every
+``bench_*.py`` there is run and every timed benchmark appears in the table and the chart.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-BASELINE_PREFIXES = ("eager", "compile", "liger", "scipy", "faiss", "sklearn", "lbfgs")
+from .io import InputError
+
+BASELINE_PREFIXES = ("eager", "compile", "liger", "scipy", "faiss", "sklearn", "lbfgs", "torch", "dense", "naive", "numpy")
+NEEDS = {"pytest": "pytest", "pytest_benchmark": "pytest-benchmark", "faiss": "faiss-cpu"}
+OUTPUTS = ("bench_results.md", "bench_speedups.png", "bench_results.json")
 
 
 def find_bench_dir(explicit=None) -> Path:
-    """The repository's bench/ folder: --bench-dir, ./bench, or next to the package (editable installs)."""
-    candidates = [Path(explicit)] if explicit else [Path.cwd() / "bench", Path(__file__).resolve().parents[1] / "bench"]
+    """--bench-dir, else the repository's bench/ next to the package (source checkouts, editable
+    installs), else the benchmarks installed with the package (pysd/bench/)."""
+    here = Path(__file__).resolve().parent
+    candidates = [Path(explicit)] if explicit else [here.parent / "bench", here / "bench"]
     for c in candidates:
-        if (c / "conftest.py").exists():
+        if (c / "conftest.py").exists() and any(c.glob("bench_*.py")):
             return c
-    raise FileNotFoundError("pysd bench: cannot find the bench/ folder (run from the repository root or pass "
-                            "--bench-dir)")
+    where = f"{explicit} has no conftest.py and bench_*.py files" if explicit else (
+        "this pysd has no benchmarks installed (reinstall it from a wheel or a source checkout)")
+    raise InputError(f"cannot find the bench/ folder: {where}")
 
 
-def _baselines(impls: dict):
-    return [b for b in impls if b.startswith(BASELINE_PREFIXES)]
+def missing_requirements() -> list:
+    return [pkg for mod, pkg in NEEDS.items() if importlib.util.find_spec(mod) is None]
+
+
+def _baselines(impls: dict) -> list:
+    """Implementations named as baselines (eager, scipy, faiss, ...), else the group's first entry."""
+    named = [b for b in impls if b.lower().startswith(BASELINE_PREFIXES)]
+    return named or list(impls)[:1]
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
 def markdown_table(data: dict) -> str:
@@ -32,67 +54,87 @@ def markdown_table(data: dict) -> str:
              f"mode: {'full' if meta.get('full') else 'quick'}, threads: {meta.get('threads')}, "
              f"copy bandwidth: {meta.get('copy_gbs', float('nan')):.1f} GB/s", ""]
     for group, impls in data["results"].items():
+        impls = {k: v for k, v in impls.items() if isinstance(v, dict) and v.get("seconds", 0) > 0}
+        if not impls:
+            continue
         base = _baselines(impls)
-        lines += [f"## {group}", "",
-                  "| impl | time (ms) | " + " | ".join(f"speed-up vs {b}" for b in base) + " | notes |",
-                  "|---|---:|" + "---:|" * len(base) + "---|"]
+        header = ["impl", "time (ms)", *(f"speed-up vs {b}" for b in base), "notes"]
+        lines += [f"## {group}", "", _row(header), "|" + "|".join(["---", "---:"] + ["---:"] * len(base) + ["---"]) + "|"]
         for impl, res in impls.items():
-            ratios = " | ".join(f"{impls[b]['seconds'] / res['seconds']:.2f}x" for b in base)
+            ratios = [f"{impls[b]['seconds'] / res['seconds']:.2f}x" for b in base]
             notes = ", ".join(f"{k}={v}" for k, v in res.items() if k != "seconds")
-            lines.append(f"| {impl} | {res['seconds'] * 1e3:.2f} | {ratios} | {notes} |")
+            lines.append(_row([impl, f"{res['seconds'] * 1e3:.2f}", *ratios, notes]))
         lines.append("")
     return "\n".join(lines)
 
 
-def bar_chart(data: dict, path: Path) -> None:
-    """Speed-up of every implementation against its group's first baseline, one bar group per benchmark."""
+def bar_chart(data: dict, path) -> None:
+    """Speed-up of every implementation against its group's first baseline, one panel per benchmark group."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [(g, impls) for g, impls in data["results"].items() if _baselines(impls)]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(8, 2.2 + 1.2 * len(groups)), squeeze=False)
+    groups = [(g, {k: v for k, v in impls.items() if isinstance(v, dict) and v.get("seconds", 0) > 0})
+              for g, impls in data["results"].items()]
+    groups = [(g, impls) for g, impls in groups if impls]
+    heights = [0.9 + 0.32 * len(impls) for _, impls in groups]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.6 + sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
     for ax, (group, impls) in zip(axes[:, 0], groups):
         base = _baselines(impls)[0]
         names = list(impls)
         speed = [impls[base]["seconds"] / impls[n]["seconds"] for n in names]
-        colors = ["tab:gray" if n.startswith(BASELINE_PREFIXES) else "tab:blue" for n in names]
+        colors = ["tab:gray" if n == base or n.lower().startswith(BASELINE_PREFIXES) else "tab:blue" for n in names]
         ax.barh(names, speed, color=colors)
+        ax.invert_yaxis()
         ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xlim(0, max(speed) * 1.3)  # room for the value labels right of the longest bar
         ax.set_title(group, fontsize=9)
         ax.set_xlabel(f"speed-up vs {base} (higher is better)", fontsize=8)
+        ax.tick_params(labelsize=8)
         for i, v in enumerate(speed):
-            ax.text(v, i, f" {v:.1f}x", va="center", fontsize=8)
+            ax.text(v, i, f" {v:.2f}x", va="center", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
-def run_bench(args) -> int:
-    try:
-        bench_dir = find_bench_dir(args.bench_dir)
-    except FileNotFoundError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = (out_dir / "bench_results.json").resolve()
+def _run_pytest(args, bench_dir: Path, results: Path) -> int:
     files = sorted(str(p) for p in bench_dir.glob("bench_*.py") if not args.only or args.only in p.name)
     if not files:
-        print(f"pysd bench: no bench files match {args.only!r} in {bench_dir}", file=sys.stderr)
-        return 2
-    env = {**os.environ, "PYSD_BENCH_OUT": str(results), "PYSD_BENCH_FULL": "1" if args.full else "0"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable-gc", *files]
+        raise InputError(f"no bench files match {args.only!r} in {bench_dir}")
+    # the benchmarks import the pysd this command runs from, wherever the working directory is
+    path = os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": path, "PYSD_BENCH_OUT": str(results), "PYSD_BENCH_FULL": "1" if args.full else "0"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable-gc",
+           "--rootdir", str(bench_dir), *files]
     print("+ " + " ".join(cmd), flush=True)
-    rc = subprocess.call(cmd, cwd=bench_dir, env=env)
-    if rc != 0 or not results.exists():
-        print(f"pysd bench: the benchmark run failed (exit {rc})", file=sys.stderr)
-        return rc or 1
-    data = json.loads(results.read_text())
-    table = out_dir / "bench_results.md"
-    table.write_text(markdown_table(data))
-    chart = out_dir / "bench_speedups.png"
-    bar_chart(data, chart)
-    print(f"pysd bench: wrote {table}, {chart} and {results}")
+    return subprocess.call(cmd, cwd=bench_dir, env=env)
+
+
+def run_bench(args) -> int:
+    from . import _atomic
+
+    missing = missing_requirements()
+    if missing:
+        raise InputError(f"pysd bench needs {', '.join(missing)}: install the bench extra, "
+                         "pip install 'pysd[bench]' (from a source checkout: pip install '.[bench]')")
+    bench_dir = find_bench_dir(args.bench_dir)
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out-dir {out_dir} is a file, not a directory")
+    with _atomic.reserve([(n, out_dir / n, "--out-dir") for n in OUTPUTS], args.force) as outs:
+        rc = _run_pytest(args, bench_dir, Path(outs.tmp("bench_results.json")).resolve())
+        if rc != 0:
+            print(f"pysd bench: error: the benchmark run failed (pytest exit {rc}); nothing written", file=sys.stderr)
+            return rc
+        raw = Path(outs.tmp("bench_results.json")).read_text()
+        if not raw:
+            raise InputError("the benchmark run timed nothing (every benchmark skipped?); nothing written")
+        data = json.loads(raw)
+        Path(outs.tmp("bench_results.md")).write_text(markdown_table(data))
+        bar_chart(data, outs.tmp("bench_speedups.png"))
+        outs.commit()
+    print(f"pysd bench: wrote {', '.join(str(out_dir / n) for n in OUTPUTS)}")
     return 0

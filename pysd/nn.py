@@ -20,7 +20,7 @@ class DistillationLoss(torch.nn.Module):
     """
 
     def __init__(self, *, teacher_format: str = "logits", divergence: str = "fkl", beta: float = 0.5,
-                 temperature: float = 1.0, scale_t2: bool = True, hard_weight: float = 0.0,
+                 temperature: float = 1.0, scale_t2: bool = True, hard_weight: Optional[float] = None,
                  soft_weight: float = 1.0, label_smoothing: float = 0.0, ignore_index: int = -100,
                  reduction: str = "mean"):
         super().__init__()
@@ -48,7 +48,7 @@ class FusedLinearDistillationLoss(torch.nn.Module):
     """
 
     def __init__(self, *, teacher_format: str = "logits", divergence: str = "fkl", beta: float = 0.5,
-                 temperature: float = 1.0, scale_t2: bool = True, hard_weight: float = 0.0,
+                 temperature: float = 1.0, scale_t2: bool = True, hard_weight: Optional[float] = None,
                  soft_weight: float = 1.0, label_smoothing: float = 0.0, ignore_index: int = -100,
                  reduction: str = "mean", logit_softcap: Optional[float] = None, chunk_size=None):
         super().__init__()

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-FORMATS = {"logits": 0, "probs": 1, "logprobs": 2}
-TAILS = {"renormalize": 0, "bucket": 1, "uniform": 2}
+from . import _checks
+from ._codes import Tail, TeacherFormat, options
+
 PAD = -1
 _LAYOUT_VERSION = 1
 
@@ -65,10 +66,8 @@ class SparseTeacher:
                              f"{tuple(indices.shape)} and {tuple(values.shape)}")
         if indices.device != values.device:
             raise ValueError(f"SparseTeacher: indices on {indices.device}, values on {values.device}")
-        if format not in FORMATS:
-            raise ValueError(f"SparseTeacher: format must be one of {sorted(FORMATS)}, got {format!r}")
-        if tail not in TAILS:
-            raise ValueError(f"SparseTeacher: tail must be one of {sorted(TAILS)}, got {tail!r}")
+        _checks.choice("SparseTeacher", "format", format, options(TeacherFormat))
+        _checks.choice("SparseTeacher", "tail", tail, options(Tail))
         if format == "logits" and tail != "renormalize":
             raise ValueError("SparseTeacher: format='logits' carries no tail mass (the normalizer over the full "
                              "vocabulary is unknown); use tail='renormalize' or store logprobs/probs")

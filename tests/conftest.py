@@ -28,10 +28,6 @@ def backend(request, monkeypatch):
     return request.param
 
 
-def force(monkeypatch, name):
-    monkeypatch.setenv("PYSD_BACKEND", name)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
 """`pysd bench` reporting: the Markdown table, the chart, and the command's error paths."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,73 @@ def test_bench_dir_is_found_and_bad_selection_fails(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pysd", "bench", "--bench-dir", str(tmp_path)], capture_output=True,
                          text=True, cwd=ROOT)
     assert out.returncode == 2 and "cannot find the bench/ folder" in out.stderr
+
+
+NO_BASELINE = {"meta": {}, "results": {
+    "distributed knn_graph": {"1 rank": {"seconds": 2.0}, "2 ranks": {"seconds": 1.0, "halo_MB": 1.5}},
+    "knn_graph": {"faiss_flat_ip_search": {"seconds": 1.0}, "pysd_knn_graph": {"seconds": 0.5}},
+    "theory": {"block_fast_path": {"seconds": 0.001}}}}
+
+
+def test_markdown_tables_are_well_formed_for_every_group():
+    md = markdown_table(NO_BASELINE)
+    for group in NO_BASELINE["results"]:
+        assert f"## {group}" in md
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    tables, current = [], []
+    for line in md.splitlines():
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    tables.append(current) if current else None
+    assert len(tables) == 3 and rows
+    for t in tables:
+        cells = [line.count("|") for line in t]
+        assert len(set(cells)) == 1, t  # header, separator and rows have the same number of cells
+    assert "| 2 ranks | 1000.00 | 2.00x | halo_MB=1.5 |" in md  # no named baseline: the first entry is
+
+
+def test_bar_chart_has_a_panel_per_group(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    titles = []
+    orig = matplotlib.figure.Figure.savefig
+
+    def spy(self, *a, **k):
+        titles.extend(ax.get_title() for ax in self.axes)
+        return orig(self, *a, **k)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    bar_chart(NO_BASELINE, tmp_path / "c.png")
+    assert titles == list(NO_BASELINE["results"])
+
+
+def test_missing_bench_extra_is_named(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    import pysd.bench_report as br
+    from pysd.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(br.importlib.util, "find_spec", lambda name, *a: None if name == "faiss" else real(name, *a))
+    assert main(["bench", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "faiss-cpu" in err and "pysd[bench]" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_benchmarks_ship_in_the_package(tmp_path):
+    """build_py (what a wheel contains, without compiling) puts every bench file under pysd/bench/, and
+    `pysd bench` finds them there when no source checkout is around."""
+    out = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    shipped = tmp_path / "lib" / "pysd" / "bench"
+    expected = {p.name for p in (ROOT / "bench").glob("*.py")}
+    assert expected <= {p.name for p in shipped.glob("*.py")} and "conftest.py" in expected
+    code = "import pysd.bench_report as b; print(b.find_bench_dir())"
+    found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(tmp_path / "lib"), "PYSD_BACKEND": ""})
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()) == shipped

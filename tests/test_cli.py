@@ -115,7 +115,7 @@ def test_refine_bad_files(tmp_path, case, message):
     elif case == "few":
         np.save(f, x[:5]), np.save(lab, noisy[:5])
     elif case == "suffix":
-        f = tmp_path / "f.parquet"
+        f = tmp_path / "f.h5"
         f.write_text("x")
     out = pysd_cli("refine", f, lab, "--out", tmp_path / "out.npz", "--k", 10)
     assert out.returncode == 2

@@ -10,12 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pysd
-from pysd._ref.kd_loss import kd_loss_rows
+from pysd._ref import kd_loss as ref_kd
 
 from conftest import CPU_BACKENDS, requires_cuda
 
-FORMATS = {"logits": 0, "probs": 1, "logprobs": 2}
-DIVS = {"fkl": 0, "rkl": 1, "jsd": 2}
+FORMATS = ("logits", "probs", "logprobs")
+DIVS = ("fkl", "rkl", "jsd")
+
 
 
 def make_teacher(shape, fmt, dtype=torch.float64, scale=2.0, zeros=False):
@@ -31,41 +32,15 @@ def make_teacher(shape, fmt, dtype=torch.float64, scale=2.0, zeros=False):
     return t.to(dtype)
 
 
-def reference(student, teacher=None, target=None, *, teacher_format="logits", divergence="fkl", beta=0.5,
-              temperature=1.0, scale_t2=True, hard_weight=0.0, soft_weight=1.0, label_smoothing=0.0,
-              ignore_index=-100, weight=None, reduction="mean", normalizer=None):
-    """Loss and d loss / d student in float64, written from the formulas (autograd for the gradient)."""
-    c = student.shape[-1]
-    s = student.detach().to(torch.float64).reshape(-1, c).requires_grad_()
-    t = None if teacher is None else teacher.detach().to(torch.float64).reshape(-1, c)
-    y = None if target is None else target.reshape(-1)
-    w = None if weight is None else weight.detach().to(torch.float64).reshape(-1)
-    if divergence == "jsd" and beta in (0.0, 1.0):
-        divergence = "fkl" if beta == 0.0 else "rkl"
-    if teacher is None and hard_weight == 0.0:
-        hard_weight = 1.0
-    coef = 0.0 if teacher is None else soft_weight * (temperature ** 2 if scale_t2 else 1.0)
-    rows = kd_loss_rows(s, t, y, w, teacher_format=FORMATS[teacher_format], divergence=DIVS[divergence], beta=beta,
-                        temperature=temperature, soft_coef=coef, hard_weight=hard_weight,
-                        label_smoothing=label_smoothing, ignore_index=ignore_index)
-    n = s.shape[0]
-    if reduction == "none":
-        loss = rows.reshape(student.shape[:-1])
-        gsum = loss.sum()
-    else:
-        if reduction == "sum":
-            denom = 1.0
-        elif reduction == "batchmean":
-            denom = float(n)
-        elif normalizer is not None:
-            denom = float(normalizer)
-        else:
-            valid = torch.ones(n, dtype=torch.float64) if y is None else (y != ignore_index).double()
-            denom = float((valid * (w if w is not None else 1.0)).sum())
-        loss = rows.sum() / denom if denom > 0 else rows.sum() * 0.0
-        gsum = loss
-    (grad,) = torch.autograd.grad(gsum, s)
-    return loss.detach(), grad.reshape(student.shape)
+def reference(student, teacher=None, target=None, *, weight=None, normalizer=None, **kw):
+    """Loss and d loss / d student in float64 from the pure-torch reference (formulas + autograd)."""
+    s = student.detach().to(torch.float64).requires_grad_()
+    t = None if teacher is None else teacher.detach().to(torch.float64)
+    w = None if weight is None else weight.detach().to(torch.float64)
+    z = None if normalizer is None else normalizer.detach().to(torch.float64)
+    loss = ref_kd.kd_loss(s, t, target, weight=w, normalizer=z, **kw)
+    (grad,) = torch.autograd.grad(loss.sum(), s)
+    return loss.detach(), grad
 
 
 def run(student, *args, **kwargs):
@@ -431,3 +406,15 @@ def test_cuda_matches_reference(monkeypatch, dtype, divergence, teacher_format):
     ref_loss, ref_grad = reference(s, t, y, **kw)
     assert_close(loss.cpu(), ref_loss, dtype)
     assert_close(grad.cpu(), ref_grad, dtype)
+
+
+@pytest.mark.parametrize("hard,reduction", [(0.0, "mean"), (0.5, "none")])
+def test_custom_op_opcheck(backend, hard, reduction):
+    from pysd.ops.kd_loss import _kd_loss_op
+
+    s = torch.randn(5, 7, requires_grad=True)
+    t = torch.randn(5, 7)
+    y = torch.tensor([0, 3, -100, 6, 1])
+    scale = torch.tensor(0.25, dtype=torch.float64)
+    red = {"mean": 1, "none": 0}[reduction]
+    torch.library.opcheck(_kd_loss_op, (s, t, y, None, scale, 0, 0, 0.5, 2.0, 4.0, hard, 0.0, -100, red, True))

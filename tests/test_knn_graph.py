@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 
 import pysd
-from pysd.ops.knn_graph import _knn_topk_op
+from pysd.ops.knn_graph import _knn_graph_op
 
 from conftest import requires_cuda
 
@@ -245,7 +245,7 @@ def test_dlpack_and_integer_input():
 
 def test_custom_op_opcheck():
     x = torch.randn(40, 6)
-    torch.library.opcheck(_knn_topk_op, (x, None, 3, True, 8, 16))
+    torch.library.opcheck(_knn_graph_op, (x, None, 3, True, 8, 16))
 
 
 @pytest.mark.parametrize("call,exc,match", [

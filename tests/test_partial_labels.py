@@ -6,7 +6,7 @@ import torch
 
 import pysd
 from pysd import _backend
-from pysd._ref.partial_labels import partial_labels_rows
+from pysd._ref.partial_labels import partial_labels as ref_partial_labels
 
 from conftest import requires_cuda
 
@@ -48,7 +48,7 @@ def test_backends_agree_with_reference(backend, dtype, shape, k):
     p = p.reshape(shape)
     for renormalize in (False, True):
         out = pysd.partial_labels(p, k, renormalize=renormalize)
-        ref = partial_labels_rows(p.reshape(-1, shape[-1]), k, renormalize).reshape(shape)
+        ref = ref_partial_labels(p, k, renormalize=renormalize)
         # Selections must match exactly; renormalised values differ by the summation order only.
         assert torch.equal(out != 0, ref != 0)
         tol = {torch.float64: 1e-15, torch.float32: 1e-6}.get(dtype, 1e-2)
@@ -144,6 +144,14 @@ def test_cuda_matches_reference(dtype, c, k):
     p = _probs(301, c, dtype, ties=True).cuda()
     for renormalize in (False, True):
         out = pysd.partial_labels(p, k, renormalize=renormalize)
-        ref = partial_labels_rows(p.cpu(), k, renormalize)
+        ref = ref_partial_labels(p.cpu(), k, renormalize=renormalize)
         assert torch.equal((out != 0).cpu(), ref != 0)
         torch.testing.assert_close(out.cpu().float(), ref.float(), rtol=1e-2, atol=1e-6)
+
+
+def test_custom_op_opcheck(backend):
+    from pysd.ops.partial_labels import _partial_labels_op
+
+    p = torch.rand(6, 5).softmax(-1)
+    torch.library.opcheck(_partial_labels_op, (p, 2, False))
+    torch.library.opcheck(_partial_labels_op, (p, 3, True))

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 import pysd
 from pysd.recipes import LabelRefinery, aml_kd_loss
-from pysd.recipes.refinery import awe_weights, batch_small_loss_mask
+from pysd.ops.selection import batch_small_loss_mask
+from pysd.recipes.refinery import awe_weights
 
 
 def clustered(n=600, c=5, d=16, noise=0.4, seed=0):

@@ -1,4 +1,4 @@
-"""pysd.theory against the validation cases of reference/sd_theory.md (§7) and independent formulas.
+"""pysd.theory against the validation cases of Jeong & Chung (arXiv 2402.10482) and independent formulas.
 
 Expected numbers come from the spec's tables; formulas used as references are written
 out here (direct linear solves, eigendecompositions), not taken from the code under test.
@@ -285,7 +285,7 @@ def test_test_points(mode):
     g, true, given = _case(K, n, 3)
     cluster = np.repeat(np.arange(K), n)
     ideal = np.where(cluster[:, None] == np.arange(K)[None, :], C, D)     # (N, K): one new point per cluster
-    r = th.sd_outputs(g, given, K, 2e-3, 4, mode=mode, test_gram=np.hstack([g[:, :5], ideal]))
+    r = th.sd_outputs(g, given, K, 2e-3, 4, mode=mode, test_gram=np.hstack([g[:, :5], ideal]).T)
     np.testing.assert_allclose(r.test_outputs[:, :5], r.outputs[:, :5], rtol=0, atol=1e-10)
     np.testing.assert_array_equal(r.test_outputs[:, 5:].argmax(-1), np.tile(np.arange(K), (5, 1)))
 
@@ -295,8 +295,8 @@ def test_features_input_equals_gram_input():
     x = rng.normal(size=(40, 7))
     xt = rng.normal(size=(6, 7))
     labels = rng.integers(0, 3, 40)
-    a = th.sd_outputs(x, labels, 3, 0.01, 3, test_gram=x @ xt.T)              # p < N: weight space
-    b = th.sd_outputs(x @ x.T, labels, 3, 0.01, 3, test_gram=x @ xt.T)        # kernel form
+    a = th.sd_outputs(x, labels, 3, 0.01, 3, test_gram=xt @ x.T)              # p < N: weight space
+    b = th.sd_outputs(x @ x.T, labels, 3, 0.01, 3, test_gram=xt @ x.T)        # kernel form
     c = th.sd_outputs(torch.from_numpy(x), torch.from_numpy(labels), 3, 0.01, 3, kind="features")
     np.testing.assert_allclose(a.outputs, b.outputs, rtol=0, atol=1e-12)
     np.testing.assert_allclose(a.test_outputs, b.test_outputs, rtol=0, atol=1e-12)
@@ -431,7 +431,7 @@ def _krr_problem():
     y = np.sin(2 * np.pi * x) + 0.3 * np.random.default_rng(0).normal(size=25)
     xt = np.linspace(0, 1, 7) + 0.03
     k = np.exp(-((x[:, None] - x[None, :]) ** 2) / (2 * 0.1 ** 2))
-    kt = np.exp(-((x[:, None] - xt[None, :]) ** 2) / (2 * 0.1 ** 2))
+    kt = np.exp(-((xt[:, None] - x[None, :]) ** 2) / (2 * 0.1 ** 2))    # (M, N), as sklearn's rbf_kernel
     return k, kt, y
 
 
@@ -447,7 +447,7 @@ def test_case_d_spectral_equals_recursion(alpha):
         coef = np.linalg.solve(k + lam * np.eye(25), target)
         prev = k @ coef
         np.testing.assert_allclose(r.train[t], prev, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(r.test[t], kt.T @ coef, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(r.test[t], kt @ coef, rtol=0, atol=1e-12)
 
 
 def test_case_d_limit_is_amplified_ridge_and_mobahi_collapses():
@@ -455,7 +455,7 @@ def test_case_d_limit_is_amplified_ridge_and_mobahi_collapses():
     r = th.krr_self_distillation(k, y, 0.05, 3000, alpha=0.25, K_test=kt)
     ridge = np.linalg.solve(0.25 * k + 0.05 * np.eye(25), 0.25 * y)
     np.testing.assert_allclose(r.limit_train, k @ ridge, atol=1e-10)
-    np.testing.assert_allclose(r.limit_test, kt.T @ ridge, atol=1e-10)
+    np.testing.assert_allclose(r.limit_test, kt @ ridge, atol=1e-10)
     np.testing.assert_allclose(r.train[-1], r.limit_train, atol=1e-8)
     mob = th.krr_self_distillation(k, np.stack([y, 2 * y], 1), 0.5, 400)
     assert mob.train.shape == (401, 25, 2)
@@ -465,3 +465,27 @@ def test_case_d_limit_is_amplified_ridge_and_mobahi_collapses():
         th.krr_self_distillation(k, y, 0.05, 3, alpha=1.5)
     with pytest.raises(ValueError, match="symmetric"):
         th.krr_self_distillation(k[:, :5], y, 0.05, 3)
+
+
+def test_test_kernels_take_sklearn_orientation():
+    """``K_test`` / ``test_gram`` are ``(M_test, N_train)``, as ``KernelRidge.predict`` takes them."""
+    from sklearn.kernel_ridge import KernelRidge
+    from sklearn.metrics.pairwise import linear_kernel, rbf_kernel
+
+    rng = np.random.default_rng(3)
+    x, xt = rng.normal(size=(30, 4)), rng.normal(size=(9, 4))
+    y = np.sin(x).sum(1)
+    k, kt = rbf_kernel(x, x, gamma=0.3), rbf_kernel(xt, x, gamma=0.3)
+    ridge = KernelRidge(alpha=0.1, kernel="precomputed").fit(k, y)
+    r = th.krr_self_distillation(k, y, 0.1, 2, K_test=kt)
+    np.testing.assert_allclose(r.test[0], ridge.predict(kt), rtol=0, atol=1e-10)
+    labels = rng.integers(0, 3, 30)
+    a = th.sd_outputs(x, labels, 3, 0.01, 2, test_gram=linear_kernel(xt, x))
+    assert a.test_outputs.shape == (3, 9, 3)
+    # a test point that is a training point predicts that point's training output
+    c = th.sd_outputs(x, labels, 3, 0.01, 2, test_gram=linear_kernel(x[:4], x))
+    np.testing.assert_allclose(c.test_outputs, a.outputs[:, :4], rtol=0, atol=1e-10)
+    for call in (lambda: th.krr_self_distillation(k, y, 0.1, 2, K_test=kt.T),
+                 lambda: th.sd_outputs(x, labels, 3, 0.01, 2, test_gram=linear_kernel(x, xt))):
+        with pytest.raises(ValueError, match=r"\(M_test, N_train=30\).*old \(N_train, M_test\) layout"):
+            call()

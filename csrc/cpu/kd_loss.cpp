@@ -11,14 +11,13 @@
 #include <vector>
 
 #include "memory.h"
-#include "ops.h"
+#include "pysd/kd_loss.h"
 #include "simd.h"
 
 namespace pysd {
-namespace cpu {
+namespace kd_loss {
 namespace {
 
-using namespace kd;
 
 template <typename In, typename A>
 struct Scratch { A* ez; A* eu; A* e1; A* f; };
@@ -226,7 +225,7 @@ template <typename In, typename A, typename Fn>
 void launch(const Config& c, const Args<In, A>& a, Fn fn) {
   if (c.rows == 0) return;
   if (a.grad != nullptr && a.grad_stride == c.cols) {
-    advise_huge_pages(a.grad, size_t(c.rows) * size_t(c.cols) * sizeof(In));
+    cpu::advise_huge_pages(a.grad, size_t(c.rows) * size_t(c.cols) * sizeof(In));
   }
   // Rows are independent; each thread takes one contiguous block of rows so it
   // can prefetch its next row.
@@ -246,10 +245,10 @@ void launch(const Config& c, const Args<In, A>& a, Fn fn) {
 
 }  // namespace
 
-void kd_loss(const Config& c, const Args<float, float>& a) { launch(c, a, rows_f32); }
-void kd_loss(const Config& c, const Args<double, double>& a) { launch(c, a, rows_f64); }
-void kd_loss(const Config& c, const Args<bf16_t, float>& a) { launch(c, a, rows_bf16); }
-void kd_loss(const Config& c, const Args<f16_t, float>& a) { launch(c, a, rows_f16); }
+void run_cpu(const Config& c, const Args<float, float>& a) { launch(c, a, rows_f32); }
+void run_cpu(const Config& c, const Args<double, double>& a) { launch(c, a, rows_f64); }
+void run_cpu(const Config& c, const Args<bf16_t, float>& a) { launch(c, a, rows_bf16); }
+void run_cpu(const Config& c, const Args<f16_t, float>& a) { launch(c, a, rows_f16); }
 
-}  // namespace cpu
+}  // namespace kd_loss
 }  // namespace pysd

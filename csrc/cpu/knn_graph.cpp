@@ -11,14 +11,13 @@
 #include <algorithm>
 #include <vector>
 
-#include "ops.h"
+#include "pysd/knn_graph.h"
 #include "simd.h"
 
 namespace pysd {
-namespace cpu {
+namespace knn_graph {
 namespace {
 
-using namespace knn;
 constexpr int64_t kChunk = 64;      // candidates per vector threshold test
 constexpr int64_t kColBlock = 512;  // columns per task of the column pass (thresholds stay in L1)
 
@@ -124,8 +123,8 @@ void launch(const Tile<A>& t, const Lists<A>& l, Rows row_fn, Cols col_fn) {
 
 }  // namespace
 
-void knn_merge(const knn::Tile<float>& t, const knn::Lists<float>& l) { launch(t, l, rows_f32, cols_f32); }
-void knn_merge(const knn::Tile<double>& t, const knn::Lists<double>& l) { launch(t, l, rows_f64, cols_f64); }
+void merge_cpu(const Tile<float>& t, const Lists<float>& l) { launch(t, l, rows_f32, cols_f32); }
+void merge_cpu(const Tile<double>& t, const Lists<double>& l) { launch(t, l, rows_f64, cols_f64); }
 
-}  // namespace cpu
+}  // namespace knn_graph
 }  // namespace pysd

@@ -4,14 +4,13 @@
 
 #include <algorithm>
 
-#include "ops.h"
+#include "pysd/partial_labels.h"
 #include "simd.h"
 
 namespace pysd {
-namespace cpu {
+namespace partial_labels {
 namespace {
 
-using namespace pll;
 
 template <typename In>
 PYSD_INLINE void row(const Config& c, const Args<In>& a, int64_t i) {
@@ -50,10 +49,10 @@ void launch(const Config& c, const Args<In>& a) {
 
 }  // namespace
 
-void partial_labels(const pll::Config& c, const pll::Args<float>& a) { launch(c, a); }
-void partial_labels(const pll::Config& c, const pll::Args<double>& a) { launch(c, a); }
-void partial_labels(const pll::Config& c, const pll::Args<bf16_t>& a) { launch(c, a); }
-void partial_labels(const pll::Config& c, const pll::Args<f16_t>& a) { launch(c, a); }
+void run_cpu(const Config& c, const Args<float>& a) { launch(c, a); }
+void run_cpu(const Config& c, const Args<double>& a) { launch(c, a); }
+void run_cpu(const Config& c, const Args<bf16_t>& a) { launch(c, a); }
+void run_cpu(const Config& c, const Args<f16_t>& a) { launch(c, a); }
 
-}  // namespace cpu
+}  // namespace partial_labels
 }  // namespace pysd

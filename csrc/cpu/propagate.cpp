@@ -3,8 +3,9 @@
 // compiled once per ISA (target_clones: the outlined OpenMP body itself is
 // not).  Rows are split into fixed blocks of kBlock rows whose per-column
 // partial sums land in `part[block][column]` and are added in block order, so
-// results do not depend on the thread count.  One gather pass over the graph
-// per iteration; the column accumulator of a row stays in L1.
+// results depend neither on the thread count nor on which thread ran a block.
+// One gather pass over the graph per iteration; the column accumulator of a
+// row stays in L1.
 #if defined(__GNUC__) && !defined(__clang__)
 // GCC's -O3 unroll-and-jam fuses two edges of the short tail gather into a
 // scalar loop that ran 3x slower than the whole vector path; keep it off here.
@@ -16,15 +17,18 @@
 #include <cmath>
 #include <vector>
 
-#include "ops.h"
+#include "pysd/propagate.h"
 #include "simd.h"
 
 namespace pysd {
-namespace cpu {
+namespace propagate {
 namespace {
 
-using namespace prop;
 constexpr int64_t kBlock = 64;
+// Row blocks are handed out kGrab at a time (dynamic schedule): on a machine shared with other
+// processes a descheduled thread then delays a pass by a few blocks, not by its static half of
+// the rows.  Results stay deterministic: partial sums are per block and added in block order.
+constexpr int kGrab = 4;
 
 // acc = S_i. z (cols,) in register-blocked chunks of 96, 32 and 16 columns (6,
 // 2 and 1 zmm of floats), each chunk one walk over the row's edges, then the
@@ -200,7 +204,7 @@ template <typename Fn>
 void blocks_reduce(int64_t n, int64_t cols, std::vector<double>& part, std::vector<double>& loc,
                    std::vector<double>& total, Fn fn) {
   const int64_t blocks = num_blocks(n);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, kGrab)
   for (int64_t b = 0; b < blocks; ++b) {
     std::fill(loc.begin(), loc.end(), 0.0);
     fn(b * kBlock, std::min(n, (b + 1) * kBlock), loc.data());
@@ -259,7 +263,7 @@ void cg_impl(const Csr<T>& g, const CgArgs<T>& a, int64_t* iterations) {
         it = s + 1;
       }
       if (!any_active) break;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, kGrab)
       for (int64_t b = 0; b < num_blocks(n); ++b) {
         k_direction(a.p, a.r, beta.data(), cols, b * kBlock, std::min(n, (b + 1) * kBlock));
       }
@@ -304,7 +308,7 @@ void iterate_impl(const Csr<T>& g, const IterArgs<T>& a, int64_t* iterations, in
     }
     // Both buffers still hold the last two iterates: count argmax flips once.
     if (it > 0) {
-#pragma omp for schedule(static) reduction(+ : nflips)
+#pragma omp for schedule(dynamic, kGrab) reduction(+ : nflips)
       for (int64_t b = 0; b < blocks; ++b) nflips += k_flips(a.z0, a.z1, cols, b * kBlock, std::min(n, (b + 1) * kBlock));
     }
   }
@@ -318,23 +322,23 @@ void post_impl(const Csr<T>& g, const PostArgs<T>& a) {
 #pragma omp parallel
   {
     std::vector<T> acc(a.cols);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, kGrab)
     for (int64_t b = 0; b < num_blocks(n); ++b) k_post(g, a, b * kBlock, std::min(n, (b + 1) * kBlock), acc.data());
   }
 }
 
 }  // namespace
 
-void propagate_cg(const Csr<float>& g, const CgArgs<float>& a, int64_t* it) { cg_impl(g, a, it); }
-void propagate_cg(const Csr<double>& g, const CgArgs<double>& a, int64_t* it) { cg_impl(g, a, it); }
-void propagate_iterate(const Csr<float>& g, const IterArgs<float>& a, int64_t* it, int64_t* fl) {
+void cg_cpu(const Csr<float>& g, const CgArgs<float>& a, int64_t* it) { cg_impl(g, a, it); }
+void cg_cpu(const Csr<double>& g, const CgArgs<double>& a, int64_t* it) { cg_impl(g, a, it); }
+void iterate_cpu(const Csr<float>& g, const IterArgs<float>& a, int64_t* it, int64_t* fl) {
   iterate_impl(g, a, it, fl);
 }
-void propagate_iterate(const Csr<double>& g, const IterArgs<double>& a, int64_t* it, int64_t* fl) {
+void iterate_cpu(const Csr<double>& g, const IterArgs<double>& a, int64_t* it, int64_t* fl) {
   iterate_impl(g, a, it, fl);
 }
-void propagate_post(const Csr<float>& g, const PostArgs<float>& a) { post_impl(g, a); }
-void propagate_post(const Csr<double>& g, const PostArgs<double>& a) { post_impl(g, a); }
+void post_cpu(const Csr<float>& g, const PostArgs<float>& a) { post_impl(g, a); }
+void post_cpu(const Csr<double>& g, const PostArgs<double>& a) { post_impl(g, a); }
 
-}  // namespace cpu
+}  // namespace propagate
 }  // namespace pysd

@@ -7,14 +7,13 @@
 #include <algorithm>
 #include <vector>
 
-#include "ops.h"
+#include "pysd/sparse_kd_loss.h"
 #include "simd.h"
 
 namespace pysd {
-namespace cpu {
+namespace sparse_kd_loss {
 namespace {
 
-using namespace skd;
 
 template <typename A>
 struct Work {
@@ -224,10 +223,10 @@ void launch(const Config& c, int phase, const Args<In, A>& a, Fn fn) {
 
 }  // namespace
 
-void sparse_kd_loss(const skd::Config& c, int phase, const skd::Args<float, float>& a) { launch(c, phase, a, rows_f32); }
-void sparse_kd_loss(const skd::Config& c, int phase, const skd::Args<double, double>& a) { launch(c, phase, a, rows_f64); }
-void sparse_kd_loss(const skd::Config& c, int phase, const skd::Args<bf16_t, float>& a) { launch(c, phase, a, rows_bf16); }
-void sparse_kd_loss(const skd::Config& c, int phase, const skd::Args<f16_t, float>& a) { launch(c, phase, a, rows_f16); }
+void run_cpu(const Config& c, int phase, const Args<float, float>& a) { launch(c, phase, a, rows_f32); }
+void run_cpu(const Config& c, int phase, const Args<double, double>& a) { launch(c, phase, a, rows_f64); }
+void run_cpu(const Config& c, int phase, const Args<bf16_t, float>& a) { launch(c, phase, a, rows_bf16); }
+void run_cpu(const Config& c, int phase, const Args<f16_t, float>& a) { launch(c, phase, a, rows_f16); }
 
-}  // namespace cpu
+}  // namespace sparse_kd_loss
 }  // namespace pysd

@@ -7,14 +7,13 @@
 #include <algorithm>
 #include <vector>
 
-#include "ops.h"
+#include "pysd/topk_teacher.h"
 #include "simd.h"
 
 namespace pysd {
-namespace cpu {
+namespace topk_teacher {
 namespace {
 
-using namespace topk;
 constexpr int64_t kBlock = 256;
 
 template <typename In, typename A>
@@ -78,10 +77,10 @@ void launch(const Config& c, const Args<In, A>& a, Fn fn) {
 
 }  // namespace
 
-void topk_teacher(const topk::Config& c, const topk::Args<float, float>& a) { launch(c, a, rows_f32); }
-void topk_teacher(const topk::Config& c, const topk::Args<double, double>& a) { launch(c, a, rows_f64); }
-void topk_teacher(const topk::Config& c, const topk::Args<bf16_t, float>& a) { launch(c, a, rows_bf16); }
-void topk_teacher(const topk::Config& c, const topk::Args<f16_t, float>& a) { launch(c, a, rows_f16); }
+void run_cpu(const Config& c, const Args<float, float>& a) { launch(c, a, rows_f32); }
+void run_cpu(const Config& c, const Args<double, double>& a) { launch(c, a, rows_f64); }
+void run_cpu(const Config& c, const Args<bf16_t, float>& a) { launch(c, a, rows_bf16); }
+void run_cpu(const Config& c, const Args<f16_t, float>& a) { launch(c, a, rows_f16); }
 
-}  // namespace cpu
+}  // namespace topk_teacher
 }  // namespace pysd

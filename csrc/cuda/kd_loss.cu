@@ -8,13 +8,12 @@
 #include <string>
 
 #include "check.cuh"
-#include "ops.h"
+#include "pysd/kd_loss.h"
 
 namespace pysd {
-namespace cuda {
+namespace kd_loss {
 namespace {
 
-using namespace kd;
 constexpr int kThreads = 256;
 
 template <typename A>
@@ -156,30 +155,15 @@ void launch(const Config& c, const Args<In, A>& a, uintptr_t stream) {
     case kProbs: launch_tf<kProbs>(c, a, st); break;
     default: launch_tf<kNoTeacher>(c, a, st); break;
   }
-  check(cudaGetLastError(), "kd_loss launch");
+  cuda::check(cudaGetLastError(), "kd_loss launch");
 }
 
 }  // namespace
 
-void kd_loss(const Config& c, const Args<float, float>& a, uintptr_t s) { launch(c, a, s); }
-void kd_loss(const Config& c, const Args<double, double>& a, uintptr_t s) { launch(c, a, s); }
-void kd_loss(const Config& c, const Args<bf16_t, float>& a, uintptr_t s) { launch(c, a, s); }
-void kd_loss(const Config& c, const Args<f16_t, float>& a, uintptr_t s) { launch(c, a, s); }
+void run_cuda(const Config& c, const Args<float, float>& a, uintptr_t s) { launch(c, a, s); }
+void run_cuda(const Config& c, const Args<double, double>& a, uintptr_t s) { launch(c, a, s); }
+void run_cuda(const Config& c, const Args<bf16_t, float>& a, uintptr_t s) { launch(c, a, s); }
+void run_cuda(const Config& c, const Args<f16_t, float>& a, uintptr_t s) { launch(c, a, s); }
 
-int device_count() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky "no driver" error
-    return 0;
-  }
-  return n;
-}
-
-std::string runtime_version() {
-  int v = 0;
-  cudaRuntimeGetVersion(&v);
-  return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
-}
-
-}  // namespace cuda
+}  // namespace kd_loss
 }  // namespace pysd

@@ -10,13 +10,12 @@
 #include <string>
 
 #include "check.cuh"
-#include "ops.h"
+#include "pysd/knn_graph.h"
 
 namespace pysd {
-namespace cuda {
+namespace knn_graph {
 namespace {
 
-using namespace knn;
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 constexpr unsigned kFull = 0xffffffffu;
@@ -55,24 +54,24 @@ __global__ void __launch_bounds__(kThreads) row_merge_kernel(Tile<A> t, Lists<A>
 
 template <typename A>
 void launch(const Tile<A>& t, const Lists<A>& l, uintptr_t stream) {
-  if (t.col_from < t.j1) throw std::invalid_argument("pysd CUDA knn_merge: the symmetric column pass is CPU-only");
+  if (t.col_from < t.j1) throw std::invalid_argument("pysd CUDA knn_graph: the symmetric column pass is CPU-only");
   const int64_t rows = t.i1 - t.i0;
   if (rows <= 0 || t.j1 <= t.j0) return;
   const int64_t blocks = (rows * kWarp + kThreads - 1) / kThreads;
-  if (blocks > 0x7fffffffLL) throw std::runtime_error("pysd CUDA knn_merge: tile too tall for one grid");
+  if (blocks > 0x7fffffffLL) throw std::runtime_error("pysd CUDA knn_graph: tile too tall for one grid");
   auto st = reinterpret_cast<cudaStream_t>(stream);
   if (t.sqnorm) {
     row_merge_kernel<true><<<unsigned(blocks), kThreads, 0, st>>>(t, l);
   } else {
     row_merge_kernel<false><<<unsigned(blocks), kThreads, 0, st>>>(t, l);
   }
-  check(cudaGetLastError(), "knn_merge launch");
+  cuda::check(cudaGetLastError(), "knn_graph launch");
 }
 
 }  // namespace
 
-void knn_merge(const Tile<float>& t, const Lists<float>& l, uintptr_t s) { launch(t, l, s); }
-void knn_merge(const Tile<double>& t, const Lists<double>& l, uintptr_t s) { launch(t, l, s); }
+void merge_cuda(const Tile<float>& t, const Lists<float>& l, uintptr_t s) { launch(t, l, s); }
+void merge_cuda(const Tile<double>& t, const Lists<double>& l, uintptr_t s) { launch(t, l, s); }
 
-}  // namespace cuda
+}  // namespace knn_graph
 }  // namespace pysd

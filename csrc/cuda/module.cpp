@@ -1,33 +1,25 @@
 // pybind11 module pysd._C_cuda: the CUDA kernels behind raw pointers and a
 // stream handle.  Compiled by the host compiler; the CUDA runtime is linked
 // statically, so importing works without a GPU and a call fails cleanly.
-#include "../bindings.h"
-#include "../bindings_llm.h"
-#include "ops.h"
+// Each op's glue lives in csrc/bind/<op>.h: one include and one def_cuda line per op.
+#include "../bind/kd_loss.h"
+#include "../bind/knn_graph.h"
+#include "../bind/partial_labels.h"
+#include "../bind/propagate.h"
+#include "../bind/sparse_kd_loss.h"
+#include "../bind/topk_teacher.h"
+#include "runtime.h"
 
 namespace py = pybind11;
 
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "pysd CUDA kernels (raw-pointer interface; use the pysd package API)";
-  pysd::bind::def_kd_loss(m, [](const auto& c, const auto& a, uintptr_t stream) {
-    pysd::cuda::kd_loss(c, a, stream);
-  });
-  pysd::bind::def_partial_labels(m, [](const auto& c, const auto& a, uintptr_t stream) {
-    pysd::cuda::partial_labels(c, a, stream);
-  });
-  pysd::bind::def_knn_merge(m, [](const auto& t, const auto& l, uintptr_t stream) {
-    pysd::cuda::knn_merge(t, l, stream);
-  });
-  pysd::bind::def_propagate(
-      m, [](const auto& g, const auto& a, uintptr_t st) { return pysd::cuda::propagate_cg(g, a, st); },
-      [](const auto& g, const auto& a, uintptr_t st) { return pysd::cuda::propagate_iterate(g, a, st); },
-      [](const auto& g, const auto& a, uintptr_t st) { pysd::cuda::propagate_post(g, a, st); });
-  pysd::bind::def_sparse_kd_loss(m, [](const auto& c, int phase, const auto& a, uintptr_t stream) {
-    pysd::cuda::sparse_kd_loss(c, phase, a, stream);
-  });
-  pysd::bind::def_topk_teacher(m, [](const auto& c, const auto& a, uintptr_t stream) {
-    pysd::cuda::topk_teacher(c, a, stream);
-  });
+  pysd::kd_loss::def_cuda(m);
+  pysd::knn_graph::def_cuda(m);
+  pysd::partial_labels::def_cuda(m);
+  pysd::propagate::def_cuda(m);
+  pysd::sparse_kd_loss::def_cuda(m);
+  pysd::topk_teacher::def_cuda(m);
   m.def("device_count", &pysd::cuda::device_count);
   m.def("build_info", [] {
     py::dict d;

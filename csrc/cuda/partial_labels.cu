@@ -4,13 +4,12 @@
 #include <stdexcept>
 #include <string>
 
-#include "ops.h"
+#include "pysd/partial_labels.h"
 
 namespace pysd {
-namespace cuda {
+namespace partial_labels {
 namespace {
 
-using namespace pll;
 constexpr int kWarp = 32;
 constexpr int kThreads = 256;
 constexpr unsigned kFull = 0xffffffffu;
@@ -77,10 +76,10 @@ void launch(const Config& c, const Args<In>& a, uintptr_t stream) {
 
 }  // namespace
 
-void partial_labels(const Config& c, const Args<float>& a, uintptr_t s) { launch(c, a, s); }
-void partial_labels(const Config& c, const Args<double>& a, uintptr_t s) { launch(c, a, s); }
-void partial_labels(const Config& c, const Args<bf16_t>& a, uintptr_t s) { launch(c, a, s); }
-void partial_labels(const Config& c, const Args<f16_t>& a, uintptr_t s) { launch(c, a, s); }
+void run_cuda(const Config& c, const Args<float>& a, uintptr_t s) { launch(c, a, s); }
+void run_cuda(const Config& c, const Args<double>& a, uintptr_t s) { launch(c, a, s); }
+void run_cuda(const Config& c, const Args<bf16_t>& a, uintptr_t s) { launch(c, a, s); }
+void run_cuda(const Config& c, const Args<f16_t>& a, uintptr_t s) { launch(c, a, s); }
 
-}  // namespace cuda
+}  // namespace partial_labels
 }  // namespace pysd

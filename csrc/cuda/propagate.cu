@@ -12,13 +12,12 @@
 #include <string>
 
 #include "check.cuh"
-#include "ops.h"
+#include "pysd/propagate.h"
 
 namespace pysd {
-namespace cuda {
+namespace propagate {
 namespace {
 
-using namespace prop;
 constexpr int kWarps = 8, kThreads = 32 * kWarps, kMaxBlocks = 128;
 
 struct State {
@@ -220,8 +219,8 @@ struct Scratch {
   Scratch(int64_t cols, int64_t warps, cudaStream_t stream) : st(stream) {
     const size_t part = size_t(warps * cols) * 8, vec = size_t(cols) * 8, colb = size_t(cols) * sizeof(Column);
     const size_t bytes = part + 2 * vec + colb + size_t(warps) * 8 + 16 + 16;
-    check(cudaMallocAsync(&mem, bytes, st), "propagate scratch");
-    check(cudaMemsetAsync(mem, 0, bytes, st), "propagate scratch");
+    cuda::check(cudaMallocAsync(&mem, bytes, st), "propagate scratch");
+    cuda::check(cudaMemsetAsync(mem, 0, bytes, st), "propagate scratch");
     char* m = static_cast<char*>(mem);
     s.part = reinterpret_cast<double*>(m); m += part;
     s.total = reinterpret_cast<double*>(m); m += vec;
@@ -234,8 +233,8 @@ struct Scratch {
   }
   ~Scratch() { cudaFreeAsync(mem, st); }
   void read_stats(long long* host) {
-    check(cudaMemcpyAsync(host, s.stats, 16, cudaMemcpyDeviceToHost, st), "propagate stats");
-    check(cudaStreamSynchronize(st), "propagate");
+    cuda::check(cudaMemcpyAsync(host, s.stats, 16, cudaMemcpyDeviceToHost, st), "propagate stats");
+    cuda::check(cudaStreamSynchronize(st), "propagate");
   }
 };
 
@@ -260,7 +259,7 @@ int64_t cg_launch(const Csr<T>& g, const CgArgs<T>& a, uintptr_t stream) {
     direction_kernel<<<blocks, kThreads, 0, st>>>(g.n, cols, a.p, a.r, s);
   }
   cg_residual_kernel<<<1, 1, 0, st>>>(cols, s, a.residual);
-  check(cudaGetLastError(), "propagate_cg launch");
+  cuda::check(cudaGetLastError(), "propagate cg launch");
   long long stats[2];
   sc.read_stats(stats);
   return stats[0];
@@ -274,7 +273,7 @@ std::pair<int64_t, int64_t> iterate_launch(const Csr<T>& g, const IterArgs<T>& a
   Scratch sc(cols, int64_t(blocks) * kWarps, st);
   const State s = sc.s;
   const T al = T(a.alpha);
-  check(cudaMemsetAsync(a.residual, 0, size_t(cols) * 8, st), "propagate residual");
+  cuda::check(cudaMemsetAsync(a.residual, 0, size_t(cols) * 8, st), "propagate residual");
   init_kernel<<<blocks, kThreads, 0, st>>>(g.n, cols, a.y, a.z0, static_cast<T*>(nullptr), s);
   reduce_kernel<<<1, 256, 0, st>>>(cols, s, s.yy);
   for (int64_t step = 0; step < a.max_iter; ++step) {
@@ -286,7 +285,7 @@ std::pair<int64_t, int64_t> iterate_launch(const Csr<T>& g, const IterArgs<T>& a
   }
   flips_kernel<<<blocks, kThreads, 0, st>>>(g.n, cols, static_cast<const T*>(a.z0), static_cast<const T*>(a.z1), s);
   flips_total_kernel<<<1, 1, 0, st>>>(s);
-  check(cudaGetLastError(), "propagate_iterate launch");
+  cuda::check(cudaGetLastError(), "propagate iterate launch");
   long long stats[2];
   sc.read_stats(stats);
   return {stats[0], stats[1]};
@@ -298,21 +297,21 @@ void post_launch(const Csr<T>& g, const PostArgs<T>& a, uintptr_t stream) {
   auto st = reinterpret_cast<cudaStream_t>(stream);
   const int blocks = int(std::min<int64_t>((g.n + kWarps - 1) / kWarps, 65535));
   post_kernel<<<blocks, kThreads, 0, st>>>(g, a);
-  check(cudaGetLastError(), "propagate_post launch");
+  cuda::check(cudaGetLastError(), "propagate post launch");
 }
 
 }  // namespace
 
-int64_t propagate_cg(const Csr<float>& g, const CgArgs<float>& a, uintptr_t s) { return cg_launch(g, a, s); }
-int64_t propagate_cg(const Csr<double>& g, const CgArgs<double>& a, uintptr_t s) { return cg_launch(g, a, s); }
-std::pair<int64_t, int64_t> propagate_iterate(const Csr<float>& g, const IterArgs<float>& a, uintptr_t s) {
+int64_t cg_cuda(const Csr<float>& g, const CgArgs<float>& a, uintptr_t s) { return cg_launch(g, a, s); }
+int64_t cg_cuda(const Csr<double>& g, const CgArgs<double>& a, uintptr_t s) { return cg_launch(g, a, s); }
+std::pair<int64_t, int64_t> iterate_cuda(const Csr<float>& g, const IterArgs<float>& a, uintptr_t s) {
   return iterate_launch(g, a, s);
 }
-std::pair<int64_t, int64_t> propagate_iterate(const Csr<double>& g, const IterArgs<double>& a, uintptr_t s) {
+std::pair<int64_t, int64_t> iterate_cuda(const Csr<double>& g, const IterArgs<double>& a, uintptr_t s) {
   return iterate_launch(g, a, s);
 }
-void propagate_post(const Csr<float>& g, const PostArgs<float>& a, uintptr_t s) { post_launch(g, a, s); }
-void propagate_post(const Csr<double>& g, const PostArgs<double>& a, uintptr_t s) { post_launch(g, a, s); }
+void post_cuda(const Csr<float>& g, const PostArgs<float>& a, uintptr_t s) { post_launch(g, a, s); }
+void post_cuda(const Csr<double>& g, const PostArgs<double>& a, uintptr_t s) { post_launch(g, a, s); }
 
-}  // namespace cuda
+}  // namespace propagate
 }  // namespace pysd

@@ -8,13 +8,12 @@
 #include <stdexcept>
 
 #include "check.cuh"
-#include "ops.h"
+#include "pysd/sparse_kd_loss.h"
 
 namespace pysd {
-namespace cuda {
+namespace sparse_kd_loss {
 namespace {
 
-using namespace skd;
 constexpr int kThreads = 256;
 
 template <typename A>
@@ -126,15 +125,15 @@ void launch(const Config& c, int phase, const Args<In, A>& a, uintptr_t stream) 
   const size_t smem = size_t(c.k) * (sizeof(int64_t) + 3 * sizeof(A));
   if (smem > 48 * 1024) throw std::runtime_error("pysd CUDA sparse_kd_loss: k too large for shared memory");
   sparse_kd_kernel<In, A><<<dim3(unsigned(c.rows)), kThreads, smem, reinterpret_cast<cudaStream_t>(stream)>>>(c, a);
-  check(cudaGetLastError(), "sparse_kd_loss launch");
+  cuda::check(cudaGetLastError(), "sparse_kd_loss launch");
 }
 
 }  // namespace
 
-void sparse_kd_loss(const skd::Config& c, int p, const skd::Args<float, float>& a, uintptr_t s) { launch(c, p, a, s); }
-void sparse_kd_loss(const skd::Config& c, int p, const skd::Args<double, double>& a, uintptr_t s) { launch(c, p, a, s); }
-void sparse_kd_loss(const skd::Config& c, int p, const skd::Args<bf16_t, float>& a, uintptr_t s) { launch(c, p, a, s); }
-void sparse_kd_loss(const skd::Config& c, int p, const skd::Args<f16_t, float>& a, uintptr_t s) { launch(c, p, a, s); }
+void run_cuda(const Config& c, int p, const Args<float, float>& a, uintptr_t s) { launch(c, p, a, s); }
+void run_cuda(const Config& c, int p, const Args<double, double>& a, uintptr_t s) { launch(c, p, a, s); }
+void run_cuda(const Config& c, int p, const Args<bf16_t, float>& a, uintptr_t s) { launch(c, p, a, s); }
+void run_cuda(const Config& c, int p, const Args<f16_t, float>& a, uintptr_t s) { launch(c, p, a, s); }
 
-}  // namespace cuda
+}  // namespace sparse_kd_loss
 }  // namespace pysd

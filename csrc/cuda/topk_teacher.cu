@@ -7,13 +7,12 @@
 #include <stdexcept>
 
 #include "check.cuh"
-#include "ops.h"
+#include "pysd/topk_teacher.h"
 
 namespace pysd {
-namespace cuda {
+namespace topk_teacher {
 namespace {
 
-using namespace topk;
 constexpr int kThreads = 256;
 
 template <typename A>
@@ -59,15 +58,15 @@ void launch(const Config& c, const Args<In, A>& a, uintptr_t stream) {
   const size_t smem = size_t(c.k) * (sizeof(int64_t) + sizeof(A));
   if (smem > 48 * 1024) throw std::runtime_error("pysd CUDA topk_teacher: k too large for shared memory");
   topk_kernel<In, A><<<dim3(unsigned(c.rows)), kThreads, smem, reinterpret_cast<cudaStream_t>(stream)>>>(c, a);
-  check(cudaGetLastError(), "topk_teacher launch");
+  cuda::check(cudaGetLastError(), "topk_teacher launch");
 }
 
 }  // namespace
 
-void topk_teacher(const topk::Config& c, const topk::Args<float, float>& a, uintptr_t s) { launch(c, a, s); }
-void topk_teacher(const topk::Config& c, const topk::Args<double, double>& a, uintptr_t s) { launch(c, a, s); }
-void topk_teacher(const topk::Config& c, const topk::Args<bf16_t, float>& a, uintptr_t s) { launch(c, a, s); }
-void topk_teacher(const topk::Config& c, const topk::Args<f16_t, float>& a, uintptr_t s) { launch(c, a, s); }
+void run_cuda(const Config& c, const Args<float, float>& a, uintptr_t s) { launch(c, a, s); }
+void run_cuda(const Config& c, const Args<double, double>& a, uintptr_t s) { launch(c, a, s); }
+void run_cuda(const Config& c, const Args<bf16_t, float>& a, uintptr_t s) { launch(c, a, s); }
+void run_cuda(const Config& c, const Args<f16_t, float>& a, uintptr_t s) { launch(c, a, s); }
 
-}  // namespace cuda
+}  // namespace topk_teacher
 }  // namespace pysd

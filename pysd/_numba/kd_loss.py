@@ -1,7 +1,9 @@
 """numba fallback of the fused distillation loss (float32 / float64).
 
 Same passes as ``csrc/cpu/kd_loss.cpp``: row max, exponentials into a per-thread
-scratch row, (rkl/jsd) the divergence, then the gradient.  Scalars are kept in the
+scratch row, (rkl/jsd) the divergence, then the gradient.  The per-element exponentials use
+:func:`pysd._numba.fastexp.exp`, which vectorizes for float32 (libm's scalar ``exp`` made
+this kernel exp-bound).  Scalars are kept in the
 input's precision (typed constants are passed in) and every inner loop is
 branch-free, so LLVM can vectorize all but the ``exp``/``log`` calls.
 """
@@ -14,10 +16,14 @@ import numba
 import numpy as np
 import torch
 
-from . import CACHE
+from .._codes import Divergence, TeacherFormat, acc_dtype
+from . import CACHE, match_torch_threads
+from .fastexp import exp
 
-FKL, RKL, JSD = 0, 1, 2
-NO_TEACHER, LOGITS, PROBS, LOGPROBS = -1, 0, 1, 2
+# plain ints: numba folds them into the kernel as constants
+FKL, RKL, JSD = int(Divergence.FKL), int(Divergence.RKL), int(Divergence.JSD)
+NO_TEACHER, LOGITS = int(TeacherFormat.NONE), int(TeacherFormat.LOGITS)
+PROBS, LOGPROBS = int(TeacherFormat.PROBS), int(TeacherFormat.LOGPROBS)
 _FAST = {"nsz", "arcp", "contract", "reassoc"}  # no "nnan"/"ninf": inf and NaN keep IEEE meaning
 
 
@@ -29,6 +35,9 @@ def _row_max(x, c):
     return m
 
 
+# One kernel body of ~140 lines, over the ~60-line rule on purpose: it is the fused per-row loss and
+# gradient pass (the numba twin of csrc/cpu/kd_loss.cpp), whose passes share a dozen row statistics
+# that helpers would have to pass in and out.
 @numba.njit(cache=CACHE, parallel=True, fastmath=_FAST)
 def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t, soft_coef, hard_weight,
              smoothing, ignore_index, has_target, compute_grad, scratch, zero, one, npow, floor):
@@ -52,7 +61,7 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t,
         ms = _row_max(si, c)
         sz = zero
         for j in range(c):
-            ez = math.exp((si[j] - ms) * inv_t)
+            ez = exp((si[j] - ms) * inv_t)
             bz[j] = ez
             sz += ez
         su = zero
@@ -61,7 +70,7 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t,
             mt = _row_max(ti, c)
             for j in range(c):
                 us = (ti[j] - mt) * inv_t
-                eu = math.exp(us)
+                eu = exp(us)
                 bu[j] = eu
                 su += eu
                 fkl += eu * (us - (si[j] - ms) * inv_t) if eu > zero else zero
@@ -85,7 +94,7 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t,
                 s1 += e1
         elif sep:
             for j in range(c):
-                e1 = math.exp(si[j] - ms)
+                e1 = exp(si[j] - ms)
                 b1[j] = e1
                 s1 += e1
         if has_hard and smoothing != zero:
@@ -177,11 +186,11 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy()
 
 
-def kd_loss_backend(student, teacher, target, weight, grad_scale, *, compute_grad: bool, teacher_format: int,
+def backend(student, teacher, target, weight, grad_scale, *, compute_grad: bool, teacher_format: int,
                     divergence: int, beta: float, temperature: float, soft_coef: float, hard_weight: float,
                     label_smoothing: float, ignore_index: int):
     """Backend adapter; bf16/fp16 inputs are upcast to float32 (a copy) and the gradient cast back."""
-    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(student.dtype)
     s = student.to(acc)
     n, c = s.shape
     t = s[:1] if teacher is None else teacher.to(acc)
@@ -190,14 +199,15 @@ def kd_loss_backend(student, teacher, target, weight, grad_scale, *, compute_gra
     rows = torch.empty(n, dtype=acc)
     grad = torch.empty((n, c), dtype=acc) if compute_grad else torch.empty((0, c), dtype=acc)
     typ = np.float64 if acc == torch.float64 else np.float32
-    scratch = np.empty((numba.get_num_threads(), 4, c), dtype=typ)
+    scratch = np.empty((match_torch_threads(), 4, c), dtype=typ)
     integer_t = float(temperature).is_integer() and 2 <= temperature <= 16
     npow = int(temperature) if integer_t else 0
     min_exp = -1022.0 if typ is np.float64 else -126.0
     floor = typ(math.exp(math.log(2.0) * min_exp / npow)) if npow else typ(0.0)
     if n > 0:
         _kd_rows(_np(s), _np(t), _np(y), _np(w), typ(grad_scale), _np(grad), _np(rows),
-                 teacher_format if teacher is not None else NO_TEACHER, divergence, typ(beta), typ(1.0 / temperature),
+                 int(teacher_format) if teacher is not None else NO_TEACHER, int(divergence), typ(beta),
+                 typ(1.0 / temperature),
                  typ(soft_coef), typ(hard_weight), typ(label_smoothing), ignore_index, target is not None,
                  compute_grad, scratch, typ(0.0), typ(1.0), npow, floor)
     return rows, (grad.to(student.dtype) if compute_grad else None)

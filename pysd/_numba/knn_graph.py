@@ -10,7 +10,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import CACHE
+from .._ref.knn_graph import tiled_topk
+from . import CACHE, match_torch_threads
 
 
 @numba.njit(cache=CACHE, inline="always")
@@ -55,8 +56,8 @@ def _merge(dots, i0, j0, col_from, sqnorm, l2, exclude_self, sims, idx, block, t
                     _insert(sims[j], idx[j], s, i)
 
 
-def merge_tile(tile, i0, i1, j0, j1, col_from, sqnorm, exclude_self, sims, idx):
-    """Tile merge in the driver's calling convention (see ``pysd.ops.knn_graph``)."""
+def merge(tile, i0, i1, j0, j1, col_from, sqnorm, exclude_self, sims, idx):
+    """Tile merge in the calling convention of ``pysd._ref.knn_graph.tiled_topk``."""
     dots = tile.numpy()
     scalar = dots.dtype.type
     norms = sqnorm.numpy() if sqnorm is not None else np.empty(0, dtype=dots.dtype)
@@ -64,7 +65,7 @@ def merge_tile(tile, i0, i1, j0, j1, col_from, sqnorm, exclude_self, sims, idx):
            scalar(2), scalar(0))
 
 
-def knn_topk_backend(x, sqnorm, k, exclude_self, tile_rows, tile_cols):
-    from ..ops.knn_graph import tiled_topk
-
-    return tiled_topk(x, sqnorm, k, exclude_self, tile_rows, tile_cols, merge_tile, symmetric=True)
+def backend(x, sqnorm, k, exclude_self, tile_rows, tile_cols):
+    """Same contract as ``pysd._ref.knn_graph.backend``."""
+    match_torch_threads()
+    return tiled_topk(x, sqnorm, k, exclude_self, tile_rows, tile_cols, merge, symmetric=True)

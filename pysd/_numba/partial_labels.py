@@ -6,7 +6,8 @@ import numba
 import numpy as np
 import torch
 
-from . import CACHE
+from .._codes import acc_dtype
+from . import CACHE, match_torch_threads
 
 
 @numba.njit(cache=CACHE, inline="always")
@@ -54,11 +55,12 @@ def _rows(p, out, k, renormalize):
                 out[i, j] = 1.0 / k
 
 
-def partial_labels_backend(probs: torch.Tensor, *, k: int, renormalize: bool) -> torch.Tensor:
+def backend(probs: torch.Tensor, *, k: int, renormalize: bool) -> torch.Tensor:
     """Backend adapter; bf16/fp16 rows are upcast to float32 (a copy) and the result cast back."""
-    acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(probs.dtype)
     p = probs.to(acc).contiguous()
     out = torch.empty_like(p)
     if p.numel():
+        match_torch_threads()
         _rows(p.numpy(), out.numpy(), k, renormalize)
     return out.to(probs.dtype)

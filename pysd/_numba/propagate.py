@@ -13,7 +13,8 @@ import numba
 import numpy as np
 import torch
 
-from . import CACHE
+from .._codes import Solver
+from . import CACHE, match_torch_threads
 
 BLOCK = 64
 _JIT = dict(cache=CACHE, parallel=True, fastmath={"nsz", "arcp", "contract"})
@@ -205,16 +206,16 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy()
 
 
-def propagate_backend(indptr, indices, values, seeds, given, *, alpha, solver, max_iter, tol):
-    """Backend adapter, same contract as ``pysd._ref.propagate.propagate_backend``."""
+def backend(indptr, indices, values, seeds, given, *, alpha, solver, max_iter, tol):
+    """Backend adapter, same contract as ``pysd._ref.propagate.backend``."""
     n, cols = seeds.shape
     blocks = max(1, -(-n // BLOCK))
     dt = _np(seeds).dtype
     part = np.empty((blocks, cols), dtype=np.float64)
-    acc = np.empty((numba.get_num_threads(), cols), dtype=dt)
+    acc = np.empty((match_torch_threads(), cols), dtype=dt)
     residual = torch.zeros(cols, dtype=torch.float64)
     g = (_np(indptr), _np(indices), _np(values))
-    if solver == 0:
+    if solver == Solver.CG:
         x, p, q = (torch.empty_like(seeds) for _ in range(3))
         it = _cg(*g, _np(x), _np(seeds), _np(p), _np(q), _np(residual), alpha, max_iter, tol, part, acc)
         flips, z, scores, oos = -1, x, q, p

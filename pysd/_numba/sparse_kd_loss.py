@@ -13,11 +13,12 @@ import numba
 import numpy as np
 import torch
 
+from .._codes import Divergence, Tail, TeacherFormat
 from . import CACHE
 
-FKL, RKL, JSD = 0, 1, 2
-LOGITS, PROBS, LOGPROBS = 0, 1, 2
-RENORMALIZE, BUCKET, UNIFORM = 0, 1, 2
+FKL, RKL, JSD = int(Divergence.FKL), int(Divergence.RKL), int(Divergence.JSD)
+LOGITS, PROBS, LOGPROBS = int(TeacherFormat.LOGITS), int(TeacherFormat.PROBS), int(TeacherFormat.LOGPROBS)
+RENORMALIZE, BUCKET, UNIFORM = int(Tail.RENORMALIZE), int(Tail.BUCKET), int(Tail.UNIFORM)
 NEG_INF = -math.inf
 
 
@@ -308,9 +309,9 @@ def _sparse_rows(s, ids, vals, target, weight, grad_scale, grad, loss, has_targe
             gi[y] += cy
 
 
-def sparse_kd_loss_backend(student, indices, values, target, weight, grad_scale, *, compute_grad: bool, format: int,
-                           tail: int, retemper: float, divergence: int, beta: float, temperature: float,
-                           soft_coef: float, hard_weight: float, label_smoothing: float, ignore_index: int):
+def backend(student, indices, values, target, weight, grad_scale, *, compute_grad: bool, format: int, tail: int,
+            retemper: float, divergence: int, beta: float, temperature: float, soft_coef: float,
+            hard_weight: float, label_smoothing: float, ignore_index: int):
     """Backend adapter; bf16/fp16 logits are upcast to float32 (a copy) and the gradient cast back."""
     acc = torch.float64 if student.dtype == torch.float64 else torch.float32
     s = student.detach().to(acc)

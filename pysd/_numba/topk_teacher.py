@@ -9,9 +9,10 @@ import numba
 import numpy as np
 import torch
 
+from .._codes import TeacherFormat
 from . import CACHE
 
-LOGITS, PROBS, LOGPROBS = 0, 1, 2
+LOGITS, PROBS = int(TeacherFormat.LOGITS), int(TeacherFormat.PROBS)
 
 
 @numba.njit(cache=CACHE, inline="always")
@@ -72,7 +73,7 @@ def _topk_rows(x, k, inv_t, fmt, ids, vals):
             vals[i, j] = hv[j] * inv_t if fmt == LOGITS else (math.exp(z) if fmt == PROBS else z)
 
 
-def topk_teacher_backend(logits: torch.Tensor, k: int, temperature: float, format: int):
+def backend(logits: torch.Tensor, k: int, temperature: float, format: int):
     """Backend adapter; bf16/fp16 logits are upcast to float32 (a copy)."""
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     x = logits.detach().to(acc)

@@ -1,4 +1,8 @@
-"""Reference fused distillation loss: per-row loss from the formulas, gradient by autograd."""
+"""Reference fused distillation loss: per-row loss from the formulas, gradient by autograd.
+
+:func:`kd_loss` has the public signature of :func:`pysd.kd_loss` (tests call it in float64);
+:func:`backend` is the ``torch`` backend of the custom op.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .. import _backend
 
-FKL, RKL, JSD = 0, 1, 2
-LOGITS, PROBS, LOGPROBS = 0, 1, 2
+from .. import _checks
+from .._codes import Divergence, TeacherFormat, acc_dtype
 
 
 def _plogp_ratio(p: torch.Tensor, lp: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:
@@ -53,15 +56,15 @@ def kd_loss_rows(
     if teacher is not None and soft_coef != 0.0:
         logq = F.log_softmax(s / temperature, dim=-1)
         q = logq.exp()
-        if teacher_format == PROBS:
+        if teacher_format == TeacherFormat.PROBS:
             p = teacher
             logp = torch.log(teacher)
         else:
             logp = F.log_softmax(teacher / temperature, dim=-1)
             p = logp.exp()
-        if divergence == FKL:
+        if divergence == Divergence.FKL:
             d = _plogp_ratio(p, logp, logq)
-        elif divergence == RKL:
+        elif divergence == Divergence.RKL:
             d = _plogp_ratio(q, logq, logp)
         else:
             # log m in log space: beta p + (1-beta) q underflows long before its logs do
@@ -100,15 +103,15 @@ def kd_loss_grad(
     if teacher is not None and soft_coef != 0.0:
         logq = F.log_softmax(s / temperature, -1)
         q = logq.exp()
-        if teacher_format == PROBS:
+        if teacher_format == TeacherFormat.PROBS:
             p, logp = teacher, torch.log(teacher)
         else:
             logp = F.log_softmax(teacher / temperature, -1)
             p = logp.exp()
-        if divergence == FKL:
+        if divergence == Divergence.FKL:
             gz = p.sum(-1, keepdim=True) * q - p
         else:
-            if divergence == RKL:
+            if divergence == Divergence.RKL:
                 f, scale = logq - logp, 1.0
             else:
                 logm = torch.logaddexp(math.log(beta) + logp, math.log(1.0 - beta) + logq)
@@ -121,14 +124,13 @@ def kd_loss_grad(
     return grad
 
 
-@_backend.register("kd_loss", "torch")
-def kd_loss_backend(
+def backend(
     student, teacher, target, weight, grad_scale, *, compute_grad: bool, **options
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Backend adapter: ``(rows, grad_scale * d sum(rows) / d student)``, computed in the
     accumulation dtype.  A plain-torch path (several ``(N, C)`` temporaries), used on GPUs
     without ``pysd._C_cuda`` and as a cross-check of the kernels."""
-    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(student.dtype)
     s = student.to(acc)
     t = None if teacher is None else teacher.to(acc)
     rows = kd_loss_rows(s, t, target, weight, **options)
@@ -137,3 +139,42 @@ def kd_loss_backend(
     scale = grad_scale.to(acc) * (weight if weight is not None else 1.0)
     grad = kd_loss_grad(s, t, target, **options) * torch.as_tensor(scale, dtype=acc).reshape(-1, 1)
     return rows, grad.to(student.dtype)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher: Optional[torch.Tensor] = None,
+            target: Optional[torch.Tensor] = None, *, teacher_format: str = "logits", divergence: str = "fkl",
+            beta: float = 0.5, temperature: float = 1.0, scale_t2: bool = True, hard_weight: Optional[float] = None,
+            soft_weight: float = 1.0, label_smoothing: float = 0.0, ignore_index: int = -100,
+            weight: Optional[torch.Tensor] = None, reduction: str = "mean",
+            normalizer: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`pysd.kd_loss` in plain torch, differentiable by autograd (any order), in the input dtype.
+
+    Same arguments and reductions; no validation (pass valid inputs).  Allocates several ``(N, C)``
+    temporaries: a reference, not a fast path.
+    """
+    c = student_logits.shape[-1]
+    batch = student_logits.shape[:-1]
+    s = student_logits.reshape(-1, c)
+    t = None if teacher is None else teacher.reshape(-1, c)
+    y = None if target is None else target.reshape(-1)
+    w = None if weight is None else weight.reshape(-1).to(s.dtype)
+    if divergence == "jsd" and beta in (0.0, 1.0):
+        divergence = "fkl" if beta == 0.0 else "rkl"
+    hard_weight = _checks.hard_weight("kd_loss", hard_weight, teacher is not None, target is not None)
+    coef = 0.0 if teacher is None else soft_weight * (temperature ** 2 if scale_t2 else 1.0)
+    rows = kd_loss_rows(s, t, y, w, teacher_format=TeacherFormat[teacher_format.upper()],
+                        divergence=Divergence[divergence.upper()], beta=beta, temperature=temperature,
+                        soft_coef=coef, hard_weight=hard_weight, label_smoothing=label_smoothing,
+                        ignore_index=ignore_index)
+    if reduction == "none":
+        return rows.reshape(batch)
+    if reduction == "sum":
+        return rows.sum()
+    if reduction == "batchmean":
+        return rows.sum() / rows.shape[0] if rows.shape[0] else rows.sum() * 0.0
+    if normalizer is not None:
+        denom = normalizer.reshape(()).to(rows.dtype)
+    else:
+        valid = torch.ones_like(rows) if y is None else (y != ignore_index).to(rows.dtype)
+        denom = (valid * (w if w is not None else 1.0)).sum()
+    return torch.where(denom > 0, rows.sum() / torch.where(denom > 0, denom, 1.0), rows.sum() * 0.0)

@@ -1,33 +1,38 @@
-"""Reference partial-label refinement: a stable sort gives the documented tie rule."""
+"""Reference partial-label refinement: a stable sort gives the documented tie rule.
+
+:func:`partial_labels` has the public signature of :func:`pysd.partial_labels`; :func:`backend` is the
+``torch`` backend of the custom op.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from .. import _backend
+from .._codes import acc_dtype
 
 
-def partial_labels_rows(probs: torch.Tensor, k: int, renormalize: bool) -> torch.Tensor:
-    """``(N, C)`` probabilities → ``(N, C)`` top-k targets, computed in float32/float64.
+def partial_labels(teacher_probs: torch.Tensor, k: int = 2, *, renormalize: bool = False,
+                   strict: bool = False) -> torch.Tensor:
+    """:func:`pysd.partial_labels` in plain torch for valid ``(..., C)`` inputs (``strict`` is not
+    checked here), computed in float32/float64 and returned in the input dtype.
 
     A stable descending sort keeps equal probabilities in index order, so ties
     go to the lower class index, as in the kernels.
     """
-    acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
-    p = probs.to(acc)
+    c = teacher_probs.shape[-1]
+    p = teacher_probs.detach().reshape(-1, c).to(acc_dtype(teacher_probs.dtype))
     order = torch.sort(p, dim=-1, descending=True, stable=True).indices[:, :k]
     keep = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, order, True)
+    uniform = keep.to(p.dtype) / k
     if renormalize:
         kept = torch.where(keep, p, torch.zeros_like(p))
         mass = kept.sum(-1, keepdim=True)
-        out = torch.where(mass > 0, kept / torch.where(mass > 0, mass, torch.ones_like(mass)),
-                          keep.to(acc) / k)
+        out = torch.where(mass > 0, kept / torch.where(mass > 0, mass, torch.ones_like(mass)), uniform)
     else:
-        out = keep.to(acc) / k
-    return out.to(probs.dtype)
+        out = uniform
+    return out.to(teacher_probs.dtype).reshape(teacher_probs.shape)
 
 
-@_backend.register("partial_labels", "torch")
-def partial_labels_backend(probs: torch.Tensor, *, k: int, renormalize: bool) -> torch.Tensor:
-    """Backend adapter (any device, any float dtype)."""
-    return partial_labels_rows(probs, k, renormalize)
+def backend(probs: torch.Tensor, *, k: int, renormalize: bool) -> torch.Tensor:
+    """Backend adapter (any device, any float dtype): ``(N, C)`` rows → ``(N, C)`` targets."""
+    return partial_labels(probs, k, renormalize=renormalize)

@@ -1,4 +1,5 @@
-"""Reference label propagation in plain torch (any float dtype, CPU or GPU).
+"""Reference label propagation in plain torch (any float dtype, CPU or GPU); :func:`propagate` has
+the public signature of :func:`pysd.propagate`.
 
 Same algorithm and stopping rules as the kernels: per-column CG scalars as
 ``scipy.sparse.linalg.cg`` (x0 = 0, stop when ||r|| < tol ||b||), the Zhou
@@ -12,9 +13,9 @@ import warnings
 import torch
 from torch import Tensor
 
-from .. import _backend
+from .._codes import Solver
 
-CG, ITERATE = 0, 1
+
 
 
 def _matrix(indptr: Tensor, indices: Tensor, values: Tensor) -> Tensor:
@@ -114,13 +115,52 @@ def postprocess(S, z: Tensor, given: Tensor):
     return scores, oos, labels, confidence, weight, margin
 
 
-@_backend.register("propagate", "torch")
-def propagate_backend(indptr, indices, values, seeds, given, *, alpha, solver, max_iter, tol):
+def backend(indptr, indices, values, seeds, given, *, alpha, solver, max_iter, tol):
     """Backend adapter: ``(raw, scores, oos, labels, confidence, weight, margin, residual, iterations, flips)``."""
     S = _matrix(indptr, indices, values)
-    if solver == CG:
+    if solver == Solver.CG:
         z, residual, it = cg(S, seeds, alpha, max_iter, tol)
         flips = -1
     else:
         z, residual, it, flips = iterate(S, seeds, alpha, max_iter, tol)
     return (z, *postprocess(S, z, given), residual, it, flips)
+
+
+def propagate(graph, labels: Tensor, *, num_classes=None, mask=None, weights=None, alpha: float = 0.99,
+              solver: str = "cg", max_iter: int = 20, tol: float = 1e-6, class_mass_norm: bool = True) -> dict:
+    """:func:`pysd.propagate` in plain torch for valid inputs (``graph`` a :class:`pysd.Graph`, the
+    arrays torch tensors on its device), written from the formulas of its docstring.
+
+    Returns a dict with the fields of :class:`pysd.Propagation` (torch tensors).
+    """
+    n, dtype, dev = graph.num_nodes, graph.values.dtype, graph.values.device
+    f = dict(dtype=dtype, device=dev)
+    S = _matrix(graph.indptr, graph.indices, graph.values)
+    soft = labels.is_floating_point()
+    c = labels.shape[1] if soft else (num_classes if num_classes is not None else int(labels.max()) + 1)
+    onehot = labels.to(dtype) if soft else torch.zeros(n, c, **f).scatter_(
+        1, labels.clamp_min(0).unsqueeze(1), (labels >= 0).to(dtype).unsqueeze(1))
+    labelled = onehot.sum(1) > 0
+    rows = torch.repeat_interleave(torch.arange(n, device=dev), torch.diff(graph.indptr))
+    connected = torch.zeros(n, **f).index_add_(0, rows, graph.values.abs()) > 0  # isolated rows are no seeds
+    seed = (labelled if mask is None else mask) & connected
+    w = torch.ones(n, **f) if weights is None else weights.to(dtype)
+    y = onehot * (w * seed).unsqueeze(1)
+    if class_mass_norm:
+        mass = y.sum(0)
+        y = y / torch.where(mass > 0, mass, 1.0)
+    given = torch.where(labelled, onehot.argmax(1), -1) if soft else labels
+    if solver == "cg":
+        z, residual, it = cg(S, y, alpha, max_iter, tol)
+        flips = -1
+    else:
+        z, residual, it, flips = iterate(S, y, alpha, max_iter, tol)
+    scores, oos, plabels, confidence, weight, margin = postprocess(S, z, given)
+    wmax = weight.max() if n else weight.new_zeros(())
+    counts = torch.stack([(plabels == k).sum() for k in range(c)]).to(dtype)
+    cand = ((given >= 0) & (plabels >= 0) & (plabels != given)).nonzero().squeeze(1)
+    return dict(scores=scores, labels=plabels, confidence=confidence,
+                entropy_weight=weight / torch.where(wmax > 0, wmax, 1.0),
+                class_weight=torch.where(counts > 0, (counts.sum() / c) / torch.where(counts > 0, counts, 1.0), 0.0),
+                oos_scores=oos, issues=cand[torch.argsort(margin[cand], descending=True, stable=True)],
+                iterations=it, residual=residual.to(dtype), raw_scores=z, flips=flips)

@@ -13,11 +13,11 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .. import _backend
+from .._codes import Divergence, Tail, TeacherFormat
 
-FKL, RKL, JSD = 0, 1, 2
-LOGITS, PROBS, LOGPROBS = 0, 1, 2
-RENORMALIZE, BUCKET, UNIFORM = 0, 1, 2
+FKL, RKL, JSD = int(Divergence.FKL), int(Divergence.RKL), int(Divergence.JSD)
+LOGITS, PROBS, LOGPROBS = int(TeacherFormat.LOGITS), int(TeacherFormat.PROBS), int(TeacherFormat.LOGPROBS)
+RENORMALIZE, BUCKET, UNIFORM = int(Tail.RENORMALIZE), int(Tail.BUCKET), int(Tail.UNIFORM)
 
 
 def dense_teacher(indices: torch.Tensor, values: torch.Tensor, vocab: int, *, format: int, tail: int,
@@ -143,8 +143,7 @@ def _autograd_inside_op():
     return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
 
 
-@_backend.register("sparse_kd_loss", "torch")
-def sparse_kd_loss_backend(student, indices, values, target, weight, grad_scale, *, compute_grad: bool, **options):
+def backend(student, indices, values, target, weight, grad_scale, *, compute_grad: bool, **options):
     """Backend adapter: ``(rows, grad_scale * d sum(rows) / d student)`` in the accumulation dtype."""
     acc = torch.float64 if student.dtype == torch.float64 else torch.float32
     s = student.detach().to(acc).requires_grad_(compute_grad)

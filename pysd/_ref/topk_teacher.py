@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backend
+from .._codes import TeacherFormat
 
-LOGITS, PROBS, LOGPROBS = 0, 1, 2
+LOGITS, PROBS = TeacherFormat.LOGITS, TeacherFormat.PROBS
 
 
-@_backend.register("topk_teacher", "torch")
-def topk_teacher_backend(logits: torch.Tensor, k: int, temperature: float, format: int):
+def backend(logits: torch.Tensor, k: int, temperature: float, format: int):
     """``(N, V)`` → ids ``(N, k)`` int64, values ``(N, k)`` in the accumulation dtype.
     Two passes and an ``(N, V)`` sort: the oracle, and the fallback on GPUs without ``_C_cuda``."""
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32

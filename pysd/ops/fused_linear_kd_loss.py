@@ -16,11 +16,11 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _backend
+from .. import _backend, _checks
+from .._codes import FLOATS, Reduction, TeacherFormat, acc_dtype, options
 from ..sparse_teacher import SparseTeacher
 from . import sparse_kd_loss as skd
-from .kd_loss import (_DIVERGENCES, _FLOATS, _FORMATS, _REDUCTIONS, _acc_dtype, _check_number, _check_rows, _choice,
-                      _grad_scale)
+from .kd_loss import _check_normalizer, _check_options, _check_tensors, _grad_scale
 
 DENSE, SPARSE, HIDDEN = 0, 1, 2
 DEFAULT_BUDGET = 256 << 20  # bytes of chunk buffers when chunk_size is None
@@ -53,7 +53,7 @@ class _Head:
 
     def __init__(self, x, weight, bias, cap, compute_grad):
         self.x, self.weight, self.bias, self.cap = x, weight, bias, cap
-        acc = _acc_dtype(x.dtype)
+        acc = acc_dtype(x.dtype)
         self.gx = torch.zeros(x.shape, dtype=x.dtype, device=x.device) if compute_grad else None
         self.gw = torch.zeros(weight.shape, dtype=acc, device=x.device) if compute_grad else None
         self.gb = torch.zeros(weight.shape[0], dtype=acc, device=x.device) if compute_grad and bias is not None \
@@ -100,7 +100,7 @@ def _teacher_rows(kind, teacher, rows, v, opts, t_weight, t_bias, cap):
         t = _chunk_logits(teacher[rows], t_weight, t_bias, cap)
     else:
         t = teacher[rows]
-    return _match_vocab(t, v, opts["teacher_format"] == _FORMATS["probs"])
+    return _match_vocab(t, v, opts["teacher_format"] == TeacherFormat.PROBS)
 
 
 _SPARSE_KEYS = ("format", "tail", "retemper", "divergence", "beta", "temperature", "soft_coef", "hard_weight",
@@ -143,7 +143,7 @@ def _run(x, weight, bias, y, w, grad_scale, kind, teacher, t_weight, t_bias, opt
     """Row losses ``(N,)`` and (optionally) the gradients of x, weight, bias."""
     n, v = x.shape[0], weight.shape[0]
     head = _Head(x, weight, bias, cap, compute_grad)
-    losses = torch.zeros(n, dtype=_acc_dtype(x.dtype), device=x.device)
+    losses = torch.zeros(n, dtype=acc_dtype(x.dtype), device=x.device)
     valid = torch.arange(n, device=x.device) if y is None else (y != opts["ignore_index"]).nonzero().squeeze(1)
     for rows in [valid[i:i + chunk_rows] for i in range(0, valid.numel(), chunk_rows)]:
         xc = x[rows]
@@ -151,7 +151,7 @@ def _run(x, weight, bias, y, w, grad_scale, kind, teacher, t_weight, t_bias, opt
         wc = None if w is None else w[rows]
         t = _teacher_rows(kind, teacher, rows, v, opts, t_weight, t_bias, cap)
         if chunk_cols < v:
-            plan = skd.SparsePlan(v, t[0], t[1], yc, wc, grad_scale, _sparse_opts(opts), x.dtype, _REDUCTIONS["sum"])
+            plan = skd.SparsePlan(v, t[0], t[1], yc, wc, grad_scale, _sparse_opts(opts), x.dtype, Reduction.SUM)
             losses[rows] = _vocab_pieces(head, plan, rows, xc, chunk_cols, compute_grad)
             continue
         z = head.logits(xc, 0, v)
@@ -180,7 +180,7 @@ def _op(x: Tensor, weight: Tensor, bias: Optional[Tensor], target: Optional[Tens
     t = (teacher_ids, teacher_vals) if kind == SPARSE else teacher
     rows, head = _run(x, weight, bias, target, row_weight, grad_scale, kind, t, teacher_weight, teacher_bias, opts,
                       softcap, chunk_rows, chunk_cols, compute_grad)
-    if reduction == _REDUCTIONS["none"]:
+    if reduction == Reduction.NONE:
         loss = rows.to(x.dtype)
     else:
         loss = (rows.sum() * grad_scale.to(rows.dtype)).to(x.dtype)
@@ -194,7 +194,7 @@ def _op(x: Tensor, weight: Tensor, bias: Optional[Tensor], target: Optional[Tens
 def _(x, weight, bias, target, row_weight, grad_scale, kind, teacher, teacher_ids, teacher_vals, teacher_weight,
       teacher_bias, teacher_format, format, tail, retemper, divergence, beta, temperature, soft_coef, hard_weight,
       label_smoothing, ignore_index, softcap, chunk_rows, chunk_cols, reduction, compute_grad):
-    loss = x.new_empty((x.shape[0],) if reduction == _REDUCTIONS["none"] else ())
+    loss = x.new_empty((x.shape[0],) if reduction == Reduction.NONE else ())
     if not compute_grad:
         return loss, x.new_empty(0), x.new_empty(0), x.new_empty(0)
     gb = x.new_empty(weight.shape[0]) if bias is not None else x.new_empty(0)
@@ -209,7 +209,7 @@ def _setup_context(ctx, inputs, output):
     ctx.inputs = inputs
     ctx.reduction = inputs[26]
     ctx.has_bias = inputs[2] is not None
-    if ctx.reduction == _REDUCTIONS["none"]:
+    if ctx.reduction == Reduction.NONE:
         # per-row upstream gradients: backward runs the chunks again with them as row weights
         ctx.save_for_backward(*[inputs[i] for i in _TENSOR_ARGS])
     else:
@@ -220,15 +220,15 @@ def _backward(ctx, grad_loss, *_unused):
     none = [None] * 28
     if grad_loss is None:
         return tuple(none)
-    if ctx.reduction == _REDUCTIONS["none"]:
+    if ctx.reduction == Reduction.NONE:
         args = list(ctx.inputs)
         for i, t in zip(_TENSOR_ARGS, ctx.saved_tensors):
             args[i] = t
         x, rw = args[0], args[4]
-        scale = grad_loss.to(_acc_dtype(x.dtype))
+        scale = grad_loss.to(acc_dtype(x.dtype))
         args[4] = scale if rw is None else rw.to(scale.dtype) * scale
         args[5] = torch.ones((), dtype=torch.float64, device=x.device)
-        args[26], args[27] = _REDUCTIONS["sum"], True
+        args[26], args[27] = Reduction.SUM, True
         _, gx, gw, gb = _op(*args)
     else:
         gx, gw, gb = ctx.saved_tensors
@@ -248,7 +248,7 @@ _op.register_autograd(_backward, setup_context=_setup_context)
 def _check_linear(name: str, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise TypeError(f"fused_linear_kd_loss: {name}_input and {name}_weight must be torch.Tensors")
-    if x.dtype not in _FLOATS or weight.dtype != x.dtype:
+    if x.dtype not in FLOATS or weight.dtype != x.dtype:
         raise TypeError(f"fused_linear_kd_loss: {name}_input must be float32/float64/bfloat16/float16 and "
                         f"{name}_weight the same dtype; got {x.dtype} and {weight.dtype}")
     if x.dim() < 1 or weight.dim() != 2 or weight.shape[1] != x.shape[-1] or weight.shape[0] < 1:
@@ -306,7 +306,7 @@ def fused_linear_kd_loss(student_input: Tensor, student_weight: Tensor, teacher,
                          teacher_bias: Optional[Tensor] = None, logit_softcap: Optional[float] = None,
                          chunk_size=None, teacher_format: str = "logits", divergence: str = "fkl",
                          beta: float = 0.5, temperature: float = 1.0, scale_t2: bool = True,
-                         hard_weight: float = 0.0, soft_weight: float = 1.0, label_smoothing: float = 0.0,
+                         hard_weight: Optional[float] = None, soft_weight: float = 1.0, label_smoothing: float = 0.0,
                          ignore_index: int = -100, weight: Optional[Tensor] = None, reduction: str = "mean",
                          normalizer: Optional[Tensor] = None) -> Tensor:
     r"""``kd_loss(student_input @ student_weight.T + student_bias, teacher, target, ...)`` without
@@ -348,17 +348,19 @@ def fused_linear_kd_loss(student_input: Tensor, student_weight: Tensor, teacher,
     kind = _teacher_kind(teacher, teacher_weight, teacher_bias, batch, dev)
     cap = 0.0
     if logit_softcap is not None:
-        cap = _check_number("logit_softcap", logit_softcap, 0.0, lo_open=True)
-    red = _choice("reduction", reduction, _REDUCTIONS)
+        cap = _checks.real("fused_linear_kd_loss", "logit_softcap", logit_softcap, 0.0, lo_open=True)
+    red = _checks.option("kd_loss", "reduction", reduction, Reduction, options(Reduction))
     probe = torch.empty((), dtype=x.dtype, device=dev).expand(*batch, v)  # shapes for the checks, no memory
-    _check_rows(probe, target, weight, normalizer, red, reduction, ignore_index, not torch.compiler.is_compiling())
+    _check_tensors(probe, None, target, weight, TeacherFormat.NONE, _checks.integer("kd_loss", "ignore_index",
+                                                                                     ignore_index))
+    _check_normalizer(normalizer, red, reduction)
     if kind == SPARSE:
         plan = skd.sparse_kd_plan(teacher, v, target, dtype=x.dtype, device=dev, divergence=divergence, beta=beta,
                                   temperature=temperature, scale_t2=scale_t2, hard_weight=hard_weight,
                                   soft_weight=soft_weight, label_smoothing=label_smoothing,
                                   ignore_index=ignore_index, weight=weight, reduction=reduction,
                                   normalizer=normalizer)
-        opts = dict(plan.options, teacher_format=_FORMATS["logits"])
+        opts = dict(plan.options, teacher_format=int(TeacherFormat.LOGITS))
         y, w, grad_scale = plan.target, plan.weight, plan.grad_scale
         tens, ids, vals, vt = None, plan.ids, plan.vals, v
     else:
@@ -379,29 +381,23 @@ def fused_linear_kd_loss(student_input: Tensor, student_weight: Tensor, teacher,
                    vals, teacher_weight, teacher_bias, opts["teacher_format"], opts["format"], opts["tail"],
                    opts["retemper"], opts["divergence"], opts["beta"], opts["temperature"], opts["soft_coef"],
                    opts["hard_weight"], opts["label_smoothing"], opts["ignore_index"], cap, rows, cols, red,
-                   compute_grad and red != _REDUCTIONS["none"])
-    return loss.reshape(batch) if red == _REDUCTIONS["none"] else loss
+                   compute_grad and red != Reduction.NONE)
+    return loss.reshape(batch) if red == Reduction.NONE else loss
 
 
 def _dense_options(x, v, target, weight, normalizer, red, kind, teacher_format, divergence, beta, temperature,
                    scale_t2, hard_weight, soft_weight, label_smoothing, ignore_index):
     """Kernel options, targets, row weights and the reduction scale of a dense / hidden teacher."""
-    tf = _FORMATS["logits"] if kind == HIDDEN else _choice("teacher_format", teacher_format, _FORMATS)
-    div = _choice("divergence", divergence, _DIVERGENCES)
-    beta = _check_number("beta", beta, 0.0, 1.0)
-    temperature = _check_number("temperature", temperature, 0.0, lo_open=True)
-    hard_weight = _check_number("hard_weight", hard_weight, 0.0)
-    soft_weight = _check_number("soft_weight", soft_weight, 0.0)
-    label_smoothing = _check_number("label_smoothing", label_smoothing, 0.0, 1.0)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"kd_loss: ignore_index must be an int, got {type(ignore_index).__name__}")
-    if div == _DIVERGENCES["jsd"] and beta in (0.0, 1.0):
-        div = _DIVERGENCES["fkl"] if beta == 0.0 else _DIVERGENCES["rkl"]
+    o = _check_options("logits" if kind == HIDDEN else teacher_format, divergence, red.name.lower(), beta, temperature,
+                       hard_weight, soft_weight, label_smoothing, ignore_index)
+    tf, div, beta, temperature = o["teacher_format"], o["divergence"], o["beta"], o["temperature"]
+    soft_weight, label_smoothing, ignore_index = o["soft_weight"], o["label_smoothing"], o["ignore_index"]
+    hard_weight = _checks.hard_weight("kd_loss", hard_weight, True, target is not None)
     n = x.reshape(-1, x.shape[-1]).shape[0]
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     y = None if target is None else target.reshape(n).to(torch.int64).contiguous()
     w = None if weight is None else weight.detach().reshape(n).to(acc).contiguous()
-    opts = dict(teacher_format=tf, format=0, tail=0, retemper=1.0, divergence=div, beta=beta,
+    opts = dict(teacher_format=int(tf), format=0, tail=0, retemper=1.0, divergence=int(div), beta=beta,
                 temperature=temperature, soft_coef=soft_weight * (temperature ** 2 if scale_t2 else 1.0),
                 hard_weight=hard_weight, label_smoothing=label_smoothing, ignore_index=ignore_index)
-    return opts, y, w, _grad_scale(red, n, x.device, y, w, ignore_index, normalizer)
+    return opts, y, w, _grad_scale(red, n, y, w, ignore_index, normalizer, x.device)

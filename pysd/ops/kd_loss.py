@@ -1,65 +1,22 @@
-"""``pysd.kd_loss``: the fused distillation loss (hard CE + tempered soft divergence)."""
+"""``pysd.kd_loss``: the fused distillation loss (hard CE + tempered soft divergence).
+
+Kernels: ``pysd/_cpp/kd_loss.py`` (both extension modules), ``pysd/_numba/kd_loss.py``,
+``pysd/_ref/kd_loss.py``; the row math in ``csrc/include/pysd/kd_loss.h``.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .. import _backend
-from .._ref import kd_loss as _ref_kd  # noqa: F401  (registers the torch backend)
+from .. import _backend, _checks
+from .._codes import FLOATS, Divergence, Reduction, TeacherFormat, acc_dtype, options
 from ..sparse_teacher import SparseTeacher
 
-_DIVERGENCES = {"fkl": 0, "rkl": 1, "jsd": 2}
-_FORMATS = {"logits": 0, "probs": 1, "logprobs": 2}
-_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2, "batchmean": 3}
-_FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-# --------------------------------------------------------------------------- backends
-
-
-def _extension_backend(module: str):
-    def run(student, teacher, target, weight, grad_scale, *, compute_grad: bool, teacher_format: int,
-            divergence: int, beta: float, temperature: float, soft_coef: float, hard_weight: float,
-            label_smoothing: float, ignore_index: int):
-        mod = _backend.extension(module)
-        n, c = student.shape
-        rows = torch.empty(n, dtype=_acc_dtype(student.dtype), device=student.device)
-        grad = torch.empty((n, c), dtype=student.dtype, device=student.device) if compute_grad else None
-        stream = torch.cuda.current_stream(student.device).cuda_stream if student.is_cuda else 0
-        mod.kd_loss(
-            _DTYPE_NAMES[student.dtype], n, c,
-            student.data_ptr(), student.stride(0),
-            0 if teacher is None else teacher.data_ptr(), 0 if teacher is None else teacher.stride(0),
-            0 if target is None else target.data_ptr(),
-            0 if weight is None else weight.data_ptr(),
-            grad_scale.data_ptr(),
-            0 if grad is None else grad.data_ptr(), c,
-            rows.data_ptr(),
-            divergence, teacher_format if teacher is not None else -1, beta, temperature, soft_coef,
-            hard_weight, label_smoothing, ignore_index, stream,
-        )
-        return rows, grad
-
-    return run
-
-
-_backend.register("kd_loss", "cpp")(_extension_backend("_C"))
-_backend.register("kd_loss", "cuda")(_extension_backend("_C_cuda"))
-_backend.register("kd_loss", "numba", "pysd._numba.kd_loss:kd_loss_backend")
-
-
-def _run_backend(student, teacher, target, weight, grad_scale, compute_grad, options):
-    fn = _backend.select("kd_loss", student.device.type)[1]
-    return fn(student, teacher, target, weight, grad_scale, compute_grad=compute_grad, **options)
+OP = "kd_loss"
+_backend.register(OP)
 
 
 # --------------------------------------------------------------------------- custom op
@@ -77,11 +34,12 @@ def _kd_loss_op(
     The gradient buffer is ``d loss / d student`` for an upstream gradient of 1,
     already scaled by ``grad_scale`` (the reduction's ``1/normalizer``).
     """
-    options = dict(teacher_format=teacher_format, divergence=divergence, beta=beta, temperature=temperature,
-                   soft_coef=soft_coef, hard_weight=hard_weight, label_smoothing=label_smoothing,
-                   ignore_index=ignore_index)
-    rows, grad = _run_backend(student, teacher, target, weight, grad_scale, compute_grad, options)
-    if reduction == _REDUCTIONS["none"]:
+    fn = _backend.select(OP, student.device.type)[1]
+    rows, grad = fn(student, teacher, target, weight, grad_scale, compute_grad=compute_grad,
+                    teacher_format=teacher_format, divergence=divergence, beta=beta, temperature=temperature,
+                    soft_coef=soft_coef, hard_weight=hard_weight, label_smoothing=label_smoothing,
+                    ignore_index=ignore_index)
+    if reduction == Reduction.NONE:
         loss = rows.to(student.dtype)
     else:
         loss = (rows.sum() * grad_scale.to(rows.dtype)).to(student.dtype)
@@ -92,7 +50,7 @@ def _kd_loss_op(
 def _(student, teacher, target, weight, grad_scale, teacher_format, divergence, beta, temperature, soft_coef,
       hard_weight, label_smoothing, ignore_index, reduction, compute_grad):
     n = student.shape[0]
-    loss = student.new_empty((n,) if reduction == _REDUCTIONS["none"] else ())
+    loss = student.new_empty((n,) if reduction == Reduction.NONE else ())
     grad = student.new_empty(student.shape) if compute_grad else student.new_empty(0)
     return loss, grad
 
@@ -105,6 +63,14 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[1])
 
 
+def _traced(t: Tensor) -> bool:
+    """Whether ``t`` is a tracing stand-in (AOTAutograd's fake / functional tensors): no value to read."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    return isinstance(t, (FakeTensor, FunctionalTensor))
+
+
 def _backward(ctx, grad_loss, _grad_buffer):
     (buf,) = ctx.saved_tensors
     if grad_loss is None:
@@ -112,15 +78,15 @@ def _backward(ctx, grad_loss, _grad_buffer):
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         # The saved buffer is a constant: a second derivative through it would be silently 0.
         raise RuntimeError("pysd.kd_loss does not support double backward (create_graph=True); "
-                           "use pysd._ref.kd_loss.kd_loss_rows for higher-order gradients")
-    if ctx.reduction == _REDUCTIONS["none"]:
+                           "use pysd._ref.kd_loss.kd_loss for higher-order gradients")
+    if ctx.reduction == Reduction.NONE:
         g = buf * grad_loss.to(buf.dtype).unsqueeze(-1)
-    elif (not torch.compiler.is_compiling() and grad_loss.device.type == "cpu"
+    elif (not torch.compiler.is_compiling() and grad_loss.device.type == "cpu" and not _traced(grad_loss)
           and grad_loss.item() == 1.0):
         g = buf  # the usual loss.backward(): the kernel already wrote the gradient
     else:
         g = buf * grad_loss.to(buf.dtype)
-    return g, None, None, None, None, None, None, None, None, None, None, None, None, None, None
+    return (g,) + (None,) * 14
 
 
 _kd_loss_op.register_autograd(_backward, setup_context=_setup_context)
@@ -137,85 +103,101 @@ def _rows_view(x: Tensor, c: int) -> Tensor:
     return x2
 
 
-def _check_number(name: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"kd_loss: {name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"kd_loss: {name} must be finite, got {value}")
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ValueError(f"kd_loss: {name} must be {'>' if lo_open else '>='} {lo}, got {value}")
-    if hi is not None and (v > hi or (hi_open and v == hi)):
-        raise ValueError(f"kd_loss: {name} must be {'<' if hi_open else '<='} {hi}, got {value}")
-    return v
+def _check_student(student_logits) -> None:
+    _checks.tensor(OP, "student_logits", student_logits)
+    if student_logits.dtype not in FLOATS:
+        raise TypeError(f"{OP}: student_logits must be float32/float64/bfloat16/float16, got {student_logits.dtype}")
+    if student_logits.dim() < 1:
+        raise ValueError(f"{OP}: student_logits must have shape (..., C), got a 0-d tensor")
+    if student_logits.shape[-1] < 1:
+        raise ValueError(f"{OP}: student_logits must have at least one class (C >= 1)")
 
 
-def _choice(name: str, value, options) -> int:
-    if not isinstance(value, str) or value not in options:
-        raise ValueError(f"kd_loss: {name} must be one of {sorted(options)}, got {value!r}")
-    return options[value]
+def _check_companion(name: str, t: Optional[Tensor], shape, dev) -> None:
+    """``t`` (teacher / target / weight) is a tensor of ``shape`` on ``dev``, or None."""
+    if _checks.tensor(OP, name, t, optional=True) is None:
+        return
+    if t.shape != shape:
+        what = "the student's shape" if name == "teacher" else "shape"
+        tail = " (student_logits without C)" if name == "target" else ""
+        raise ValueError(f"{OP}: {name} must have {what} {tuple(shape)}{tail}, got {tuple(t.shape)}")
+    if t.device != dev:
+        raise ValueError(f"{OP}: {name} is on {t.device}, student_logits on {dev}")
 
 
-def _check_rows(student_logits: Tensor, target, weight, normalizer, red: int, reduction: str, ignore_index: int,
-                checks: bool) -> None:
-    """Checks of the per-row arguments shared by every loss over ``(..., C)`` logits."""
-    c = student_logits.shape[-1]
-    batch = student_logits.shape[:-1]
-    dev = student_logits.device
-    if target is not None:
-        if not isinstance(target, Tensor):
-            raise TypeError(f"kd_loss: target must be a torch.Tensor or None, got {type(target).__name__}")
-        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-            raise TypeError(f"kd_loss: target must hold integer class indices, got {target.dtype}")
-        if target.shape != batch:
-            raise ValueError(f"kd_loss: target must have shape {tuple(batch)} (student_logits without C), "
-                             f"got {tuple(target.shape)}")
-        if target.device != dev:
-            raise ValueError(f"kd_loss: target is on {target.device}, student_logits on {dev}")
-        if checks and target.numel():
-            bad = ((target < 0) | (target >= c)) & (target != ignore_index)
-            if bool(bad.any()):
-                v = int(target[bad].flatten()[0])
-                raise ValueError(f"kd_loss: target has class index {v} outside [0, {c}) "
-                                 f"(and not ignore_index={ignore_index})")
-    if weight is not None:
-        if not isinstance(weight, Tensor):
-            raise TypeError(f"kd_loss: weight must be a torch.Tensor or None, got {type(weight).__name__}")
-        if not weight.dtype.is_floating_point:
-            raise TypeError(f"kd_loss: weight must be floating point, got {weight.dtype}")
-        if weight.shape != batch:
-            raise ValueError(f"kd_loss: weight must have shape {tuple(batch)}, got {tuple(weight.shape)}")
-        if weight.device != dev:
-            raise ValueError(f"kd_loss: weight is on {weight.device}, student_logits on {dev}")
-        if checks and weight.numel() and bool((weight < 0).any()):
-            raise ValueError("kd_loss: weight must be non-negative")
-    if normalizer is not None:
-        if red != _REDUCTIONS["mean"]:
-            raise ValueError(f"kd_loss: normalizer replaces the 'mean' denominator; got reduction={reduction!r}")
-        if not isinstance(normalizer, Tensor) or normalizer.numel() != 1:
-            raise TypeError("kd_loss: normalizer must be a one-element tensor")
+def _check_tensors(student, teacher, target, weight, tf, ignore_index) -> None:
+    """Shapes, dtypes and devices; then the value checks (one host sync each, skipped under compile)."""
+    c, batch, dev = student.shape[-1], student.shape[:-1], student.device
+    if teacher is not None and isinstance(teacher, Tensor) and teacher.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{OP}: teacher requires grad; pass teacher.detach() (the loss only trains the student)")
+    _check_companion("teacher", teacher, student.shape, dev)
+    if teacher is not None and teacher.dtype != student.dtype:
+        raise TypeError(f"{OP}: teacher dtype {teacher.dtype} differs from student_logits dtype {student.dtype}")
+    if target is not None and isinstance(target, Tensor) and (
+            target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool):
+        raise TypeError(f"{OP}: target must hold integer class indices, got {target.dtype}")
+    _check_companion("target", target, batch, dev)
+    if weight is not None and isinstance(weight, Tensor) and not weight.dtype.is_floating_point:
+        raise TypeError(f"{OP}: weight must be floating point, got {weight.dtype}")
+    _check_companion("weight", weight, batch, dev)
+    if torch.compiler.is_compiling():
+        return
+    if tf == TeacherFormat.PROBS and teacher.numel() and bool((teacher < 0).any()):
+        raise ValueError(f"{OP}: teacher_format='probs' but the teacher has negative entries")
+    if target is not None and target.numel():
+        bad = ((target < 0) | (target >= c)) & (target != ignore_index)
+        if bool(bad.any()):
+            v = int(target[bad].flatten()[0])
+            raise ValueError(f"{OP}: target has class index {v} outside [0, {c}) (and not ignore_index={ignore_index})")
+    if weight is not None and weight.numel() and bool((weight < 0).any()):
+        raise ValueError(f"{OP}: weight must be non-negative")
 
 
-def _grad_scale(red: int, n: int, dev, y, w, ignore_index: int, normalizer) -> Tensor:
-    """d(reduced loss)/d(row loss) before weights, as a float64 0-d tensor (no host sync)."""
+def _check_options(teacher_format, divergence, reduction, beta, temperature, hard_weight, soft_weight,
+                   label_smoothing, ignore_index) -> dict:
+    """The checked options as kernel codes and floats."""
+    beta = _checks.real(OP, "beta", beta, 0.0, 1.0)
+    div = _checks.option(OP, "divergence", divergence, Divergence, options(Divergence))
+    if div == Divergence.JSD and beta in (0.0, 1.0):
+        div = Divergence.FKL if beta == 0.0 else Divergence.RKL  # the limits, exactly
+    return dict(
+        teacher_format=_checks.option(OP, "teacher_format", teacher_format, TeacherFormat, options(TeacherFormat)),
+        divergence=div, reduction=_checks.option(OP, "reduction", reduction, Reduction, options(Reduction)),
+        beta=beta, temperature=_checks.real(OP, "temperature", temperature, 0.0, lo_open=True),
+        hard_weight=hard_weight,
+        soft_weight=_checks.real(OP, "soft_weight", soft_weight, 0.0),
+        label_smoothing=_checks.real(OP, "label_smoothing", label_smoothing, 0.0, 1.0),
+        ignore_index=_checks.integer(OP, "ignore_index", ignore_index))
+
+
+def _grad_scale(red, n: int, y: Optional[Tensor], w: Optional[Tensor], ignore_index: int,
+                normalizer: Optional[Tensor], dev) -> Tensor:
+    """0-d float64 ``d(reduced loss)/d(row loss)`` before weights (the kernels fold it into the gradient)."""
     f64 = dict(dtype=torch.float64, device=dev)
-    if red == _REDUCTIONS["mean"]:
-        if normalizer is not None:
-            denom = normalizer.detach().reshape(()).to(**f64)
-        else:
-            valid = None if y is None else (y != ignore_index)
-            if w is not None:
-                denom = (w.to(torch.float64) * valid).sum() if valid is not None else w.to(torch.float64).sum()
-            elif valid is not None:
-                denom = valid.sum().to(torch.float64)
-            else:
-                denom = torch.tensor(float(n), **f64)
-        grad_scale = torch.where(denom > 0, 1.0 / denom, torch.zeros((), **f64))
-    elif red == _REDUCTIONS["batchmean"]:
-        grad_scale = torch.tensor(1.0 / n if n else 0.0, **f64)
+    if red == Reduction.BATCHMEAN:
+        return torch.tensor(1.0 / n if n else 0.0, **f64)
+    if red != Reduction.MEAN:
+        return torch.ones((), **f64)
+    if normalizer is not None:
+        denom = normalizer.detach().reshape(()).to(**f64)
     else:
-        grad_scale = torch.ones((), **f64)
-    return grad_scale
+        valid = None if y is None else (y != ignore_index)
+        if w is not None:
+            denom = (w.to(torch.float64) * valid).sum() if valid is not None else w.to(torch.float64).sum()
+        elif valid is not None:
+            denom = valid.sum().to(torch.float64)
+        else:
+            denom = torch.tensor(float(n), **f64)
+    return torch.where(denom > 0, 1.0 / denom, torch.zeros((), **f64))
+
+
+def _check_normalizer(normalizer, red, reduction) -> None:
+    if normalizer is None:
+        return
+    if red != Reduction.MEAN:
+        raise ValueError(f"{OP}: normalizer replaces the 'mean' denominator; got reduction={reduction!r}")
+    if not isinstance(normalizer, Tensor) or normalizer.numel() != 1:
+        raise TypeError(f"{OP}: normalizer must be a one-element tensor")
 
 
 def kd_loss(
@@ -228,7 +210,7 @@ def kd_loss(
     beta: float = 0.5,
     temperature: float = 1.0,
     scale_t2: bool = True,
-    hard_weight: float = 0.0,
+    hard_weight: Optional[float] = None,
     soft_weight: float = 1.0,
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
@@ -264,8 +246,11 @@ def kd_loss(
             (no hard term).  Rows with ``target == ignore_index`` contribute nothing to
             either term and are left out of the "mean" denominator.
         weight: ``(...)`` non-negative per-row weights (e.g. ambiguity weights) or None.
-        hard_weight, soft_weight: term weights.  With ``teacher=None`` the loss is the CE
-            alone, weighted by ``hard_weight`` (or 1 if ``hard_weight`` is 0).
+        hard_weight: weight of the CE term.  ``None`` (default): 0.5 with a teacher and a
+            target (the labels are never silently dropped), 1.0 with a target and no teacher
+            (plain CE), 0 without a target.  An explicit 0 with a teacher keeps ``target``
+            for ``ignore_index`` only (rows to drop); with no teacher it is a ValueError.
+        soft_weight: weight of the soft term.
         reduction: ``"mean"`` divides the sum by the sum of the weights of non-ignored rows
             (their count without ``weight``); ``"sum"``; ``"batchmean"`` divides by the
             number of rows; ``"none"`` returns the per-row losses ``(...)``.  A mean over
@@ -294,64 +279,24 @@ def kd_loss(
                               temperature=temperature, scale_t2=scale_t2, hard_weight=hard_weight,
                               soft_weight=soft_weight, label_smoothing=label_smoothing, ignore_index=ignore_index,
                               weight=weight, reduction=reduction, normalizer=normalizer)
-    if not isinstance(student_logits, Tensor):
-        raise TypeError(f"kd_loss: student_logits must be a torch.Tensor, got {type(student_logits).__name__}")
-    if student_logits.dtype not in _FLOATS:
-        raise TypeError(f"kd_loss: student_logits must be float32/float64/bfloat16/float16, got {student_logits.dtype}")
-    if student_logits.dim() < 1:
-        raise ValueError("kd_loss: student_logits must have shape (..., C), got a 0-d tensor")
-    c = student_logits.shape[-1]
-    if c < 1:
-        raise ValueError("kd_loss: student_logits must have at least one class (C >= 1)")
-    batch = student_logits.shape[:-1]
-    dev = student_logits.device
-    tf = _choice("teacher_format", teacher_format, _FORMATS)
-    div = _choice("divergence", divergence, _DIVERGENCES)
-    red = _choice("reduction", reduction, _REDUCTIONS)
-    beta = _check_number("beta", beta, 0.0, 1.0)
-    temperature = _check_number("temperature", temperature, 0.0, lo_open=True)
-    hard_weight = _check_number("hard_weight", hard_weight, 0.0)
-    soft_weight = _check_number("soft_weight", soft_weight, 0.0)
-    label_smoothing = _check_number("label_smoothing", label_smoothing, 0.0, 1.0)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"kd_loss: ignore_index must be an int, got {type(ignore_index).__name__}")
+    _check_student(student_logits)
+    o = _check_options(teacher_format, divergence, reduction, beta, temperature, hard_weight, soft_weight,
+                       label_smoothing, ignore_index)
     if teacher is None and target is None:
-        raise ValueError("kd_loss: give a teacher (soft term), a target (hard term), or both")
-    if div == _DIVERGENCES["jsd"] and beta in (0.0, 1.0):
-        div = _DIVERGENCES["fkl"] if beta == 0.0 else _DIVERGENCES["rkl"]
-    checks = not torch.compiler.is_compiling()
-
-    if teacher is not None:
-        if not isinstance(teacher, Tensor):
-            raise TypeError(f"kd_loss: teacher must be a torch.Tensor or None, got {type(teacher).__name__}")
-        if teacher.requires_grad and torch.is_grad_enabled():
-            raise ValueError("kd_loss: teacher requires grad; pass teacher.detach() (the loss only trains the student)")
-        if teacher.shape != student_logits.shape:
-            raise ValueError(f"kd_loss: teacher must have the student's shape {tuple(student_logits.shape)}, "
-                             f"got {tuple(teacher.shape)}")
-        if teacher.dtype != student_logits.dtype:
-            raise TypeError(f"kd_loss: teacher dtype {teacher.dtype} differs from student_logits dtype "
-                            f"{student_logits.dtype}")
-        if teacher.device != dev:
-            raise ValueError(f"kd_loss: teacher is on {teacher.device}, student_logits on {dev}")
-        if checks and tf == _FORMATS["probs"] and teacher.numel() and bool((teacher < 0).any()):
-            raise ValueError("kd_loss: teacher_format='probs' but the teacher has negative entries")
-    _check_rows(student_logits, target, weight, normalizer, red, reduction, ignore_index, checks)
-
-    if teacher is None and hard_weight == 0.0:
-        hard_weight = 1.0
-    soft_coef = soft_weight * (temperature * temperature if scale_t2 else 1.0) if teacher is not None else 0.0
-
+        raise ValueError(f"{OP}: give a teacher (soft term), a target (hard term), or both")
+    _check_tensors(student_logits, teacher, target, weight, o["teacher_format"], o["ignore_index"])
+    _check_normalizer(normalizer, o["reduction"], reduction)
+    hard = _checks.hard_weight(OP, o["hard_weight"], teacher is not None, target is not None)
+    soft_coef = 0.0 if teacher is None else o["soft_weight"] * (o["temperature"] ** 2 if scale_t2 else 1.0)
+    c = student_logits.shape[-1]
     s2 = _rows_view(student_logits, c)
     n = s2.shape[0]
     t2 = None if teacher is None else _rows_view(teacher.detach(), c)
-    acc = _acc_dtype(student_logits.dtype)
     y = None if target is None else target.reshape(n).to(torch.int64).contiguous()
-    w = None if weight is None else weight.detach().reshape(n).to(acc).contiguous()
-
-    grad_scale = _grad_scale(red, n, dev, y, w, ignore_index, normalizer)
-
+    w = None if weight is None else weight.detach().reshape(n).to(acc_dtype(student_logits.dtype)).contiguous()
+    grad_scale = _grad_scale(o["reduction"], n, y, w, o["ignore_index"], normalizer, student_logits.device)
     compute_grad = student_logits.requires_grad and torch.is_grad_enabled()
-    loss, _ = _kd_loss_op(s2, t2, y, w, grad_scale, tf, div, beta, temperature, soft_coef, hard_weight,
-                          label_smoothing, ignore_index, red, compute_grad)
-    return loss.reshape(batch) if red == _REDUCTIONS["none"] else loss
+    loss, _ = _kd_loss_op(s2, t2, y, w, grad_scale, int(o["teacher_format"]), int(o["divergence"]), o["beta"],
+                          o["temperature"], soft_coef, hard, o["label_smoothing"], o["ignore_index"],
+                          int(o["reduction"]), compute_grad)
+    return loss.reshape(student_logits.shape[:-1]) if o["reduction"] == Reduction.NONE else loss

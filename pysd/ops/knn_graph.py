@@ -1,5 +1,11 @@
 """``pysd.knn_graph``: exact kNN graph of a feature matrix (blocked GEMM + streaming top-k), then
-the AML-KD / LP-DeepSSL affinity recipe as a CSR :class:`pysd.Graph`."""
+the AML-KD / LP-DeepSSL affinity recipe as a CSR :class:`pysd.Graph`.
+
+Kernels: ``pysd/_cpp/knn_graph.py`` (tile merge of both extension modules), ``pysd/_numba/knn_graph.py``,
+``pysd/_ref/knn_graph.py`` (torch search, the tile driver and the CSR recipe).  The public helpers
+:func:`check_options`, :func:`check_features`, :func:`tile_shape` and :func:`prepare_features` are the
+validation hooks :mod:`pysd.distributed.knn_graph` reuses.
+"""
 
 from __future__ import annotations
 
@@ -10,84 +16,43 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _backend
-from .._ref import knn_graph as _ref_knn  # noqa: F401  (registers the torch backend)
+from .. import _backend, _checks
+from .._codes import NO_INDEX
+from .._ref.knn_graph import affinity, build_csr
 from ..graph import Graph
 
-_METRICS = ("cosine", "ip", "l2")
-_SYMMETRIZE = ("sum", "max", "none")
-_NORMALIZE = ("sym", "rw", None)
-_METHODS = ("exact", "faiss")
-_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
-_NO_INDEX = 2**31 - 1  # empty-slot sentinel of csrc/include/pysd/knn_graph.h
+OP = "knn_graph"
+METRICS = ("cosine", "ip", "l2")
+SYMMETRIZE = ("sum", "max", "none")
+NORMALIZE = ("sym", "rw", None)
+METHODS = ("exact", "faiss")
 # (rows, columns) of one tile of X X^T: 32 MB of float32 on the CPU, large enough that the GEMM
 # runs near peak and the per-tile synchronisation is rare, while a column task of the merge
 # (1024 x 512) stays L2-sized; on a GPU the tile is large enough to fill the device.
 _CPU_TILE = (1024, 8192)
 _GPU_TILE = (4096, 16384)
 
-
-# --------------------------------------------------------------------------- tiled driver
-
-
-def tiled_topk(x: Tensor, sqnorm: Optional[Tensor], k: int, exclude_self: bool, tile_rows: int, tile_cols: int,
-               merge, symmetric: bool) -> Tuple[Tensor, Tensor]:
-    """Exact top-k of the self-join ``x x^T`` from GEMM tiles, merged by ``merge``.
-
-    With ``symmetric`` only the tiles on or right of the diagonal block are computed (about
-    half the GEMM) and ``merge`` feeds each pair to both rows; otherwise every tile is
-    computed and fed to its rows only.  Memory: the ``(N, k)`` lists and one tile.
-    """
-    n = x.shape[0]
-    sims = torch.full((n, k), -torch.inf, dtype=x.dtype, device=x.device)
-    idx = torch.full((n, k), _NO_INDEX, dtype=torch.int32, device=x.device)
-    tile_rows, tile_cols = min(tile_rows, n), min(tile_cols, n)
-    buf = torch.empty(tile_rows * tile_cols, dtype=x.dtype, device=x.device)
-    for i0 in range(0, n, tile_rows):
-        i1 = min(n, i0 + tile_rows)
-        xi = x[i0:i1]
-        for j0 in range(i0 if symmetric else 0, n, tile_cols):
-            j1 = min(n, j0 + tile_cols)
-            tile = buf[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
-            torch.mm(xi, x[j0:j1].t(), out=tile)
-            merge(tile, i0, i1, j0, j1, max(j0, i1) if symmetric else j1, sqnorm, exclude_self, sims, idx)
-    return idx, sims
-
-
-def _extension_backend(module: str):
-    def run(x, sqnorm, k, exclude_self, tile_rows, tile_cols):
-        ext = _backend.extension(module)
-        dtype = _DTYPE_NAMES[x.dtype]
-        stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
-        norms = 0 if sqnorm is None else sqnorm.data_ptr()
-
-        def merge(tile, i0, i1, j0, j1, col_from, _sqnorm, exclude, sims, idx):
-            ext.knn_merge(dtype, tile.data_ptr(), tile.stride(0), i0, i1, j0, j1, col_from, norms, exclude,
-                          sims.data_ptr(), idx.data_ptr(), k, stream)
-
-        # The GPU kernel has no transposed pass (see csrc/cuda/knn_graph.cu).
-        return tiled_topk(x, sqnorm, k, exclude_self, tile_rows, tile_cols, merge, symmetric=not x.is_cuda)
-
-    return run
-
-
-_backend.register("knn_graph", "cpp")(_extension_backend("_C"))
-_backend.register("knn_graph", "cuda")(_extension_backend("_C_cuda"))
-_backend.register("knn_graph", "numba", "pysd._numba.knn_graph:knn_topk_backend")
+_backend.register(OP)
 
 
 # --------------------------------------------------------------------------- custom op
 
 
-@torch.library.custom_op("pysd::knn_topk", mutates_args=())
-def _knn_topk_op(x: Tensor, sqnorm: Optional[Tensor], k: int, exclude_self: bool, tile_rows: int,
-                 tile_cols: int) -> Tuple[Tensor, Tensor]:
+def _knn_lists(x: Tensor, sqnorm: Optional[Tensor], k: int, exclude_self: bool, tile_rows: int,
+               tile_cols: int) -> Tuple[Tensor, Tensor]:
     """Validated ``x: (N, d)`` → (indices int32 ``(N, k)``, similarities ``(N, k)``), best first."""
-    fn = _backend.select("knn_graph", x.device.type)[1]
+    fn = _backend.select(OP, x.device.type)[1]
     return fn(x, sqnorm, k, exclude_self, tile_rows, tile_cols)
 
 
-@_knn_topk_op.register_fake
+@torch.library.custom_op("pysd::knn_graph", mutates_args=())
+def _knn_graph_op(x: Tensor, sqnorm: Optional[Tensor], k: int, exclude_self: bool, tile_rows: int,
+                  tile_cols: int) -> Tuple[Tensor, Tensor]:
+    """:func:`_knn_lists` as a torch op, for torch.compile graphs (no gradient flows through it)."""
+    return _knn_lists(x, sqnorm, k, exclude_self, tile_rows, tile_cols)
+
+
+@_knn_graph_op.register_fake
 def _(x, sqnorm, k, exclude_self, tile_rows, tile_cols):
     n = x.shape[0]
     return x.new_empty((n, k), dtype=torch.int32), x.new_empty((n, k))
@@ -128,110 +93,48 @@ def _faiss_topk(x: Tensor, k: int, metric: str, exclude_self: bool, nprobe: Opti
             sims.gather(1, order).to(device=x.device, dtype=x.dtype))
 
 
-# --------------------------------------------------------------------------- graph recipe
+# --------------------------------------------------------------------------- validation hooks
 
 
-def _affinity(sims: Tensor, metric: str, power: float, scale: Optional[Tensor] = None) -> Tensor:
-    """Edge weights from the ``(n, k)`` similarities; for l2 ``scale`` is the mean squared distance to
-    the k-th neighbour over all rows (computed from ``sims`` when None; a sharded caller reduces it)."""
-    if metric == "l2":
-        d2 = (-sims).clamp(min=0)
-        if scale is None:
-            scale = d2[:, -1].mean()
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        return torch.exp(-power * d2 / scale)
-    return sims.clamp(min=0).pow(power)
+def check_features(features) -> Tensor:
+    """``(n, d)`` real features (torch / numpy / DLPack) as a detached tensor, d >= 1."""
+    x = _checks.array(OP, "features", features)[0].detach()
+    if x.dtype == torch.bool or x.dtype.is_complex:
+        raise TypeError(f"{OP}: features must hold real numbers, got {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{OP}: features must be 2-D (N, d), got shape {tuple(x.shape)}")
+    return x
 
 
-def edge_list(idx: Tensor, weights: Tensor, row_start: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(rows, cols, values)`` of the edges ``row_start + i -> idx[i, :]``: rows and cols int64
-    ``(E,)`` (global ids), self loops and zero weights dropped."""
-    n, k = idx.shape
-    rows = torch.arange(row_start, row_start + n, device=idx.device).repeat_interleave(k)
-    cols = idx.reshape(-1).to(torch.int64)
-    vals = weights.reshape(-1)
-    keep = (rows != cols) & (vals != 0)
-    return rows[keep], cols[keep], vals[keep]
+def check_options(metric, power, symmetrize, normalize, exclude_self) -> float:
+    """Checks the graph options shared with the sharded op; returns ``power`` as a float."""
+    _checks.choice(OP, "metric", metric, METRICS)
+    _checks.choice(OP, "symmetrize", symmetrize, SYMMETRIZE)
+    _checks.choice(OP, "normalize", normalize, NORMALIZE)
+    _checks.boolean(OP, "exclude_self", exclude_self)
+    return _checks.real(OP, "power", power, 0.0)
 
 
-def coalesce(rows: Tensor, cols: Tensor, vals: Tensor, n_cols: int, symmetrize: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """Duplicate ``(row, col)`` entries combined (max for ``symmetrize="max"``, else summed), sorted
-    by row then column: ``(rows int64, cols int64, values)``."""
-    keys, inverse = torch.unique(rows * n_cols + cols, sorted=True, return_inverse=True)
-    out = vals.new_zeros(keys.numel())
-    if symmetrize == "max":
-        out.scatter_reduce_(0, inverse, vals, "amax", include_self=False)
-    else:
-        out.index_add_(0, inverse, vals)
-    return keys // n_cols, keys % n_cols, out
+def check_k(k, n: int, exclude_self: bool, where: str = "") -> int:
+    """``k`` as an int in ``[1, N - 1]`` (``[1, N]`` without self-exclusion) for ``n`` rows in all."""
+    k = _checks.integer(OP, "k", k)
+    if n >= NO_INDEX:
+        raise ValueError(f"{OP}: at most {NO_INDEX - 1} rows fit int32 neighbour indices, got N = {n}")
+    limit = n - 1 if exclude_self else n
+    if k < 1 or k > limit:
+        why = f"N - 1 = {limit} (exclude_self=True leaves N - 1 candidates)" if exclude_self else f"N = {limit}"
+        raise ValueError(f"{OP}: k must be in [1, {why}] for N = {n} rows{where}, got k={k}")
+    return k
 
 
-def degrees(rows: Tensor, vals: Tensor, n: int) -> Tensor:
-    """``(n,)`` row sums of the coalesced entries, a zero degree counted as 1."""
-    deg = vals.new_zeros(n).index_add_(0, rows, vals)
-    return torch.where(deg > 0, deg, torch.ones_like(deg))
-
-
-def normalized(vals: Tensor, deg_rows: Tensor, deg_cols: Tensor, normalize: str) -> Tensor:
-    """Entries of ``D^-1/2 W D^-1/2`` (``"sym"``) or ``D^-1 W`` (``"rw"``) from each entry's row and
-    column degrees."""
-    return vals / (deg_rows.sqrt() * deg_cols.sqrt()) if normalize == "sym" else vals / deg_rows
-
-
-def row_pointers(rows: Tensor, n: int) -> Tensor:
-    """``(n + 1,)`` int64 CSR row pointers of the row-sorted entries ``rows`` (local ids)."""
-    indptr = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
-    indptr[1:] = torch.bincount(rows, minlength=n).cumsum(0)
-    return indptr
-
-
-def build_csr(idx: Tensor, weights: Tensor, n: int, symmetrize: str, normalize: Optional[str]) -> Tuple[Tensor, ...]:
-    """``(indptr int64, indices int32, values)`` of the graph with edges ``i -> idx[i, :]`` weighted
-    ``weights``: diagonal and zero weights dropped, symmetrized, normalised.  Sort-based, O(N k)."""
-    rows, cols, vals = edge_list(idx, weights)
-    if symmetrize != "none":
-        rows, cols, vals = torch.cat([rows, cols]), torch.cat([cols, rows]), torch.cat([vals, vals])
-    rows, cols, out = coalesce(rows, cols, vals, n, symmetrize)
-    if normalize is not None:
-        deg = degrees(rows, out, n)
-        out = normalized(out, deg[rows], deg[cols], normalize)
-    return row_pointers(rows, n), cols.to(torch.int32), out
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _as_tensor(features) -> Tensor:
-    if isinstance(features, Tensor):
-        return features.detach()
-    if isinstance(features, np.ndarray):
-        return torch.from_numpy(features if features.flags.writeable else features.copy())
-    if hasattr(features, "__dlpack__"):
-        return torch.from_dlpack(features)
-    raise TypeError(f"knn_graph: features must be a torch.Tensor, a numpy array or a DLPack array (e.g. CuPy), "
-                    f"got {type(features).__name__}")
-
-
-def _choice(name: str, value, options):
-    if value not in options or (value is not None and not isinstance(value, str)):
-        raise ValueError(f"knn_graph: {name} must be one of {list(options)}, got {value!r}")
-    return value
-
-
-def _rows_list(mask: Tensor) -> str:
-    rows = mask.nonzero().flatten()
-    shown = ", ".join(str(int(r)) for r in rows[:5])
-    return f"[{shown}{', ...' if rows.numel() > 5 else ''}] ({rows.numel()} row{'s' if rows.numel() != 1 else ''})"
-
-
-def _tile(tile, device_type: str) -> Tuple[int, int]:
+def tile_shape(tile, device_type: str) -> Tuple[int, int]:
+    """``(rows, cols)`` of one similarity tile: the device default, or the checked ``tile``."""
     if tile is None:
         return _GPU_TILE if device_type == "cuda" else _CPU_TILE
     pair = (tile, tile) if isinstance(tile, int) else tuple(tile)
     if len(pair) != 2 or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in pair):
-        raise ValueError(f"knn_graph: tile must be a positive int or a (rows, cols) pair of them, got {tile!r}")
+        raise ValueError(f"{OP}: tile must be a positive int or a (rows, cols) pair of them, got {tile!r}")
     return pair
-
 
 
 def prepare_features(x: Tensor, metric: str, rows: str = "rows") -> Tuple[Tensor, Optional[Tensor]]:
@@ -243,15 +146,17 @@ def prepare_features(x: Tensor, metric: str, rows: str = "rows") -> Tuple[Tensor
     x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     bad = ~torch.isfinite(x).all(1)
     if bool(bad.any()):
-        raise ValueError(f"knn_graph: features must be finite; NaN or inf in {rows} {_rows_list(bad)}")
+        raise ValueError(f"knn_graph: features must be finite; NaN or inf in {rows} {_checks.rows_list(bad)}")
     if metric == "cosine":
         norms = torch.linalg.vector_norm(x, dim=1)
         zero = norms == 0
         if bool(zero.any()):
-            raise ValueError(f"knn_graph: metric='cosine' needs non-zero rows; zero norm in {rows} {_rows_list(zero)}")
+            raise ValueError(f"knn_graph: metric='cosine' needs non-zero rows; zero norm in {rows} "
+                             f"{_checks.rows_list(zero)}")
         return x / norms.unsqueeze(1), None
     x = x.contiguous()
     return x, ((x * x).sum(1) if metric == "l2" else None)
+
 
 def knn_graph(
     features,
@@ -313,7 +218,8 @@ def knn_graph(
     Returns:
         :class:`pysd.Graph` on the input's device: CSR ``indptr (N+1,)`` int64, ``indices
         (nnz,)`` int32 (sorted per row), ``values (nnz,)`` float32 / float64, and the raw lists
-        ``knn_indices (N, k)`` int32 and ``knn_similarities (N, k)`` (best first).
+        ``knn_indices (N, k)`` int32 and ``knn_similarities (N, k)`` (best first), with ``metric``
+        (``graph.to_scipy(mode="distance")`` turns the lists into a kNN distance graph).
 
     Memory: with cosine a normalised copy of the features ``(N, d)``; with l2 the squared
     norms ``(N,)``; the lists ``(N, k)`` int32 + float; one tile ``(rows, cols)`` float (32 MB
@@ -324,41 +230,24 @@ def knn_graph(
     Not differentiable: the result is a constant graph (the features are detached).
     Validation synchronises with the device once (the finiteness / zero-norm checks).
     """
-    x = _as_tensor(features)
-    if x.dtype == torch.bool or x.dtype.is_complex:
-        raise TypeError(f"knn_graph: features must hold real numbers, got {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"knn_graph: features must be 2-D (N, d), got shape {tuple(x.shape)}")
+    x = check_features(features)
     n, d = x.shape
     if n < 1 or d < 1:
-        raise ValueError(f"knn_graph: features must have at least one row and one column, got shape ({n}, {d})")
-    if n >= _NO_INDEX:
-        raise ValueError(f"knn_graph: at most {_NO_INDEX - 1} rows fit int32 neighbour indices, got N = {n}")
-    metric = _choice("metric", metric, _METRICS)
-    symmetrize = _choice("symmetrize", symmetrize, _SYMMETRIZE)
-    normalize = _choice("normalize", normalize, _NORMALIZE)
-    method = _choice("method", method, _METHODS)
-    if not isinstance(exclude_self, bool):
-        raise TypeError(f"knn_graph: exclude_self must be a bool, got {type(exclude_self).__name__}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"knn_graph: k must be an int, got {type(k).__name__}")
-    k = int(k)
-    limit = n - 1 if exclude_self else n
-    if k < 1 or k > limit:
-        why = f"N - 1 = {limit} (exclude_self=True leaves N - 1 candidates)" if exclude_self else f"N = {limit}"
-        raise ValueError(f"knn_graph: k must be in [1, {why}] for N = {n} rows, got k={k}")
-    if isinstance(power, bool) or not isinstance(power, (int, float)) or not math.isfinite(power) or power < 0:
-        raise ValueError(f"knn_graph: power must be a finite number >= 0, got {power!r}")
-    if nprobe is not None and (isinstance(nprobe, bool) or not isinstance(nprobe, int) or nprobe < 1):
-        raise ValueError(f"knn_graph: nprobe must be a positive int or None, got {nprobe!r}")
-    tile_rows, tile_cols = _tile(tile, x.device.type)
-
+        raise ValueError(f"{OP}: features must have at least one row and one column, got shape ({n}, {d})")
+    power = check_options(metric, power, symmetrize, normalize, exclude_self)
+    _checks.choice(OP, "method", method, METHODS)
+    k = check_k(k, n, exclude_self)
+    if nprobe is not None:
+        _checks.integer(OP, "nprobe", nprobe, 1)
+    tile_rows, tile_cols = tile_shape(tile, x.device.type)
     x, sqnorm = prepare_features(x, metric)
-
     if method == "faiss":
         idx, sims = _faiss_topk(x, k, metric, exclude_self, nprobe)
     else:
-        idx, sims = _knn_topk_op(x, sqnorm, k, exclude_self, tile_rows, tile_cols)
-    indptr, indices, values = build_csr(idx, _affinity(sims, metric, float(power)), n, symmetrize, normalize)
+        # Eager calls skip the op wrapper: its first call imports torch._dynamo (seconds), and an op
+        # without autograd gains nothing from the dispatcher outside a compiled graph.
+        lists = _knn_graph_op if torch.compiler.is_compiling() else _knn_lists
+        idx, sims = lists(x, sqnorm, k, exclude_self, tile_rows, tile_cols)
+    indptr, indices, values = build_csr(idx, affinity(sims, metric, power), n, symmetrize, normalize)
     return Graph(indptr=indptr, indices=indices, values=values, num_nodes=n, knn_indices=idx,
-                 knn_similarities=sims)
+                 knn_similarities=sims, metric=metric)

@@ -1,47 +1,45 @@
-"""``pysd.partial_labels``: partial-label (PLL) targets from a teacher's probabilities."""
+"""``pysd.partial_labels``: partial-label (PLL) targets from a teacher's probabilities.
+
+Kernels: ``pysd/_cpp/partial_labels.py``, ``pysd/_numba/partial_labels.py``, ``pysd/_ref/partial_labels.py``;
+the row selection in ``csrc/include/pysd/partial_labels.h``.
+"""
 
 from __future__ import annotations
-
-import numbers
 
 import torch
 from torch import Tensor
 
-from .. import _backend
-from .._ref import partial_labels as _ref_pll  # noqa: F401  (registers the torch backend)
+from .. import _backend, _checks
+from .._codes import FLOATS, acc_dtype
 
-_FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-def _extension_backend(module: str):
-    def run(probs: Tensor, *, k: int, renormalize: bool) -> Tensor:
-        mod = _backend.extension(module)
-        n, c = probs.shape
-        out = torch.empty((n, c), dtype=probs.dtype, device=probs.device)
-        stream = torch.cuda.current_stream(probs.device).cuda_stream if probs.is_cuda else 0
-        mod.partial_labels(_DTYPE_NAMES[probs.dtype], n, c, probs.data_ptr(), probs.stride(0),
-                           out.data_ptr(), c, k, renormalize, stream)
-        return out
-
-    return run
-
-
-_backend.register("partial_labels", "cpp")(_extension_backend("_C"))
-_backend.register("partial_labels", "cuda")(_extension_backend("_C_cuda"))
-_backend.register("partial_labels", "numba", "pysd._numba.partial_labels:partial_labels_backend")
+OP = "partial_labels"
+_backend.register(OP)
 
 
 @torch.library.custom_op("pysd::partial_labels", mutates_args=())
 def _partial_labels_op(probs: Tensor, k: int, renormalize: bool) -> Tensor:
     """Validated ``(N, C)`` rows with unit column stride → ``(N, C)`` targets."""
-    fn = _backend.select("partial_labels", probs.device.type)[1]
+    fn = _backend.select(OP, probs.device.type)[1]
     return fn(probs, k=k, renormalize=renormalize)
 
 
 @_partial_labels_op.register_fake
 def _(probs, k, renormalize):
     return probs.new_empty(probs.shape)
+
+
+def _check_values(probs: Tensor, strict: bool) -> None:
+    """Finite, non-negative and (``strict``) summing to 1 within ``sqrt(eps)``: one host sync per check."""
+    if not bool(torch.isfinite(probs).all()):
+        raise ValueError(f"{OP}: teacher_probs has NaN or infinite entries")
+    if bool((probs < 0).any()):
+        raise ValueError(f"{OP}: teacher_probs has negative entries (expected probabilities)")
+    if strict:
+        dev = (probs.to(acc_dtype(probs.dtype)).sum(-1) - 1.0).abs()
+        tol = torch.finfo(probs.dtype).eps ** 0.5
+        if bool((dev > tol).any()):
+            raise ValueError(f"{OP}: strict=True and a row of teacher_probs sums to 1 "
+                             f"{float(dev.max()):+.3g} away (tolerance {tol:.2g})")
 
 
 def partial_labels(teacher_probs: Tensor, k: int = 2, *, renormalize: bool = False, strict: bool = False) -> Tensor:
@@ -76,36 +74,20 @@ def partial_labels(teacher_probs: Tensor, k: int = 2, *, renormalize: bool = Fal
     the value checks synchronise with the device once (skipped while ``torch.compile``
     traces).
     """
-    if not isinstance(teacher_probs, Tensor):
-        raise TypeError(f"partial_labels: teacher_probs must be a torch.Tensor, got {type(teacher_probs).__name__}")
-    if teacher_probs.dtype not in _FLOATS:
-        raise TypeError(f"partial_labels: teacher_probs must be float32/float64/bfloat16/float16, "
-                        f"got {teacher_probs.dtype}")
+    _checks.tensor(OP, "teacher_probs", teacher_probs)
+    if teacher_probs.dtype not in FLOATS:
+        raise TypeError(f"{OP}: teacher_probs must be float32/float64/bfloat16/float16, got {teacher_probs.dtype}")
     if teacher_probs.dim() < 1:
-        raise ValueError("partial_labels: teacher_probs must have shape (..., C), got a 0-d tensor")
+        raise ValueError(f"{OP}: teacher_probs must have shape (..., C), got a 0-d tensor")
     c = teacher_probs.shape[-1]
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"partial_labels: k must be an int, got {type(k).__name__}")
-    k = int(k)
+    k = _checks.integer(OP, "k", k)
     if k < 1 or k > c:
-        raise ValueError(f"partial_labels: k must satisfy 1 <= k <= C={c}, got k={k}")
-    if not isinstance(renormalize, bool):
-        raise TypeError(f"partial_labels: renormalize must be a bool, got {type(renormalize).__name__}")
-    if not isinstance(strict, bool):
-        raise TypeError(f"partial_labels: strict must be a bool, got {type(strict).__name__}")
+        raise ValueError(f"{OP}: k must satisfy 1 <= k <= C={c}, got k={k}")
+    _checks.boolean(OP, "renormalize", renormalize)
+    _checks.boolean(OP, "strict", strict)
     probs = teacher_probs.detach()
     if probs.numel() and not torch.compiler.is_compiling():
-        if not bool(torch.isfinite(probs).all()):
-            raise ValueError("partial_labels: teacher_probs has NaN or infinite entries")
-        if bool((probs < 0).any()):
-            raise ValueError("partial_labels: teacher_probs has negative entries (expected probabilities)")
-        if strict:
-            acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
-            dev = (probs.to(acc).sum(-1) - 1.0).abs()
-            tol = torch.finfo(probs.dtype).eps ** 0.5
-            if bool((dev > tol).any()):
-                raise ValueError(f"partial_labels: strict=True and a row of teacher_probs sums to 1 "
-                                 f"{float(dev.max()):+.3g} away (tolerance {tol:.2g})")
+        _check_values(probs, strict)
     batch = probs.shape
     rows = probs.reshape(-1, c)
     if c > 1 and rows.stride(-1) != 1:

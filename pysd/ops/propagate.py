@@ -1,55 +1,31 @@
-"""``pysd.propagate``: label propagation over a normalised sparse graph (LP-DeepSSL / AML-KD recipe)."""
+"""``pysd.propagate``: label propagation over a normalised sparse graph (LP-DeepSSL / AML-KD recipe).
+
+Kernels: ``pysd/_cpp/propagate.py`` (one extension call: solve + post-processing),
+``pysd/_numba/propagate.py``, ``pysd/_ref/propagate.py``; the row math in ``csrc/include/pysd/propagate.h``.
+The public helpers below (:func:`check_options`, :func:`check_labels`, :func:`check_mask`,
+:func:`check_weights`, :func:`summarize`, :func:`check_values`, :func:`num_classes_of`, :func:`isolated`,
+:func:`seed_matrix`, :func:`finish`) are the hooks :mod:`pysd.distributed.propagate` reuses; those that
+combine values over rows take ``reduce`` callables (identity here, all-reduces over row shards).
+"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .. import _backend, _interop
-from .._ref import propagate as _ref_prop  # noqa: F401  (registers the torch backend)
+from .. import _backend, _checks
+from .._codes import Solver, options
 from ..graph import Graph
 
-_SOLVERS = {"cg": 0, "iterate": 1}
-_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
-
-# --------------------------------------------------------------------------- backends
+OP = "propagate"
+_backend.register(OP)
 
 
-def _extension_backend(module: str):
-    def run(indptr, indices, values, seeds, given, *, alpha, solver, max_iter, tol):
-        mod = _backend.extension(module)
-        n, c = seeds.shape
-        dev, dt = seeds.device, seeds.dtype
-        stream = torch.cuda.current_stream(dev).cuda_stream if seeds.is_cuda else 0
-        residual = torch.zeros(c, dtype=torch.float64, device=dev)
-        graph = (_DTYPE_NAMES[dt], n, c, indptr.data_ptr(), indices.data_ptr(), values.data_ptr())
-        if solver == _SOLVERS["cg"]:
-            x, p, q = (torch.empty_like(seeds) for _ in range(3))
-            it = mod.propagate_cg(*graph, x.data_ptr(), seeds.data_ptr(), p.data_ptr(), q.data_ptr(),
-                                  residual.data_ptr(), alpha, max_iter, tol, stream)
-            flips, z, scores, oos = -1, x, q, p
-        else:
-            z0, z1, oos = (torch.empty_like(seeds) for _ in range(3))
-            it, flips = mod.propagate_iterate(*graph, seeds.data_ptr(), z0.data_ptr(), z1.data_ptr(),
-                                              residual.data_ptr(), alpha, max_iter, tol, stream)
-            z, scores = (z1, z0) if it % 2 else (z0, z1)
-        labels = torch.empty(n, dtype=torch.int64, device=dev)
-        confidence, weight, margin = (torch.empty(n, dtype=dt, device=dev) for _ in range(3))
-        mod.propagate_post(*graph, z.data_ptr(), given.data_ptr(), scores.data_ptr(), oos.data_ptr(),
-                           labels.data_ptr(), confidence.data_ptr(), weight.data_ptr(), margin.data_ptr(),
-                           stream)
-        return z, scores, oos, labels, confidence, weight, margin, residual, it, flips
-
-    return run
-
-
-_backend.register("propagate", "cpp")(_extension_backend("_C"))
-_backend.register("propagate", "cuda")(_extension_backend("_C_cuda"))
-_backend.register("propagate", "numba", "pysd._numba.propagate:propagate_backend")
+def _same(t: Tensor) -> Tensor:
+    return t
 
 
 # --------------------------------------------------------------------------- custom op
@@ -62,7 +38,7 @@ def _propagate_op(indptr: Tensor, indices: Tensor, values: Tensor, seeds: Tensor
     """Validated CSR graph and ``(N, C)`` seeds (overwritten: the CG residual lives there) →
     raw Z, scores, oos scores, labels, confidence, raw entropy weight, margin, residual ``(C,)`` float64,
     and ``[iterations, flips]`` (int64, on the CPU)."""
-    fn = _backend.select("propagate", seeds.device.type)[1]
+    fn = _backend.select(OP, seeds.device.type)[1]
     *out, it, flips = fn(indptr, indices, values, seeds, given, alpha=alpha, solver=solver, max_iter=max_iter,
                          tol=tol)
     return (*out, torch.tensor([it, flips], dtype=torch.int64))
@@ -120,50 +96,172 @@ class Propagation:
     flips: int
 
 
-# --------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------------- validation hooks
 
 
-def _number(name: str, value, lo: float, hi: Optional[float] = None, open_lo=False, open_hi=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"propagate: {name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v < lo or (open_lo and v == lo) or (hi is not None and (v > hi or (open_hi and v == hi))):
-        lo_s = f"{'(' if open_lo else '['}{lo}"
-        hi_s = f"{hi if hi is not None else 'inf'}{')' if (open_hi or hi is None) else ']'}"
-        raise ValueError(f"propagate: {name} must be in {lo_s}, {hi_s}, got {value!r}")
-    return v
+def check_options(alpha, solver, max_iter, tol, class_mass_norm) -> dict:
+    """The solver options, checked: ``alpha`` in (0, 1), ``solver`` code, ``max_iter >= 1``, ``tol >= 0``."""
+    _checks.boolean(OP, "class_mass_norm", class_mass_norm)
+    return dict(solver=_checks.option(OP, "solver", solver, Solver, options(Solver)),
+                alpha=_checks.real(OP, "alpha", alpha, 0.0, 1.0, lo_open=True, hi_open=True),
+                max_iter=_checks.integer(OP, "max_iter", max_iter, 1), tol=_checks.real(OP, "tol", tol, 0.0))
 
 
-def _isolated(g: Graph) -> Tensor:
+def check_labels(lab: Tensor, n: int, device) -> Tuple[Tensor, bool]:
+    """``(labels on device, soft)`` from the tensor of :func:`pysd._checks.array`: ``(n,)`` integers
+    (as int64) or ``(n, C)`` floats."""
+    if lab.dtype == torch.bool or lab.is_complex():
+        raise TypeError(f"{OP}: labels must be integer (N,) or float (N, C), got {lab.dtype}")
+    soft = lab.is_floating_point()
+    if (soft and lab.dim() != 2) or (not soft and lab.dim() != 1):
+        raise ValueError(f"{OP}: labels must have shape (N,) when integer or (N, C) when float, "
+                         f"got {lab.dtype} of shape {tuple(lab.shape)}")
+    if lab.shape[0] != n:
+        raise ValueError(f"{OP}: labels has {lab.shape[0]} rows but the graph has {n} nodes")
+    if soft and lab.shape[1] < 1:
+        raise ValueError(f"{OP}: soft labels need at least one column")
+    return (lab.to(device) if soft else lab.to(device=device, dtype=torch.int64)), soft
+
+
+def check_mask(mask, n: int, device) -> Optional[Tensor]:
+    """``(n,)`` bool seed mask on ``device``, or None."""
+    if mask is None:
+        return None
+    m = _checks.array(OP, "mask", mask)[0]
+    if m.dtype != torch.bool:
+        raise TypeError(f"{OP}: mask must be a bool array, got {m.dtype}")
+    if m.shape != (n,):
+        raise ValueError(f"{OP}: mask must have shape ({n},), got {tuple(m.shape)}")
+    return m.to(device)
+
+
+def check_weights(weights, n: int, device, dtype) -> Tensor:
+    """``(n,)`` seed weights in the compute dtype (ones when None); values are checked by :func:`summarize`."""
+    if weights is None:
+        return torch.ones(n, dtype=dtype, device=device)
+    w = _checks.array(OP, "weights", weights)[0]
+    if not w.is_floating_point():
+        raise TypeError(f"{OP}: weights must be floating point, got {w.dtype}")
+    if w.shape != (n,):
+        raise ValueError(f"{OP}: weights must have shape ({n},), got {tuple(w.shape)}")
+    return w.to(device=device, dtype=dtype)
+
+
+def labelled_rows(lab: Tensor, soft: bool) -> Tensor:
+    """``(n,)`` bool: rows with a label (soft: a positive row sum)."""
+    return lab.sum(1) > 0 if soft else lab >= 0
+
+
+def summarize(lab: Tensor, soft: bool, mask: Optional[Tensor], w: Tensor) -> dict:
+    """Everything the value checks need, read from the device in one host synchronisation: the smallest
+    and largest hard label (-1 when none), whether soft labels are finite and non-negative, the first
+    row the mask selects without a label (``n``: none), whether the weights are finite and
+    non-negative, and whether any row is a seed."""
+    n, dev, f64 = lab.shape[0], lab.device, torch.float64
+    labelled = labelled_rows(lab, soft)
+    seed = labelled if mask is None else mask
+
+    def fold(t: Tensor, empty: float, how) -> Tensor:  # min / max with a value for zero rows
+        return how(torch.cat([t.reshape(-1).to(f64), torch.tensor([empty], dtype=f64, device=dev)]))
+
+    hard = lab.new_zeros(0) if soft else lab
+    parts = [fold(hard, 0.0, torch.min), fold(hard, -1.0, torch.max),
+             fold(torch.isfinite(lab) if soft else hard.new_ones(0), 1.0, torch.min),
+             fold(lab >= 0 if soft else hard.new_ones(0), 1.0, torch.min),
+             fold(torch.where(seed & ~labelled, torch.arange(n, device=dev), n), float(n), torch.min),
+             fold(torch.isfinite(w) & (w >= 0), 1.0, torch.min), fold(seed, 0.0, torch.max)]
+    low, top, finite, nonneg, bad_mask, w_ok, any_seed = torch.stack(parts).tolist()
+    return dict(low=int(low), top=int(top), finite=bool(finite), nonneg=bool(nonneg), bad_mask=int(bad_mask),
+                weights_ok=bool(w_ok), any_seed=bool(any_seed), n=n, seed=seed)
+
+
+def check_values(s: dict, soft: bool, rows: str = "row") -> None:
+    """Raises for the label, mask and weight values found by :func:`summarize`."""
+    if soft and not s["finite"]:
+        raise ValueError(f"{OP}: soft labels contain NaN or inf")
+    if soft and not s["nonneg"]:
+        raise ValueError(f"{OP}: soft labels must be non-negative")
+    if not soft and s["low"] < -1:
+        raise ValueError(f"{OP}: labels must be class indices >= 0 or -1 (unlabelled), found {s['low']}")
+    if s["bad_mask"] < s["n"]:
+        raise ValueError(f"{OP}: mask selects {rows} {s['bad_mask']}, which has no label")
+    if not s["weights_ok"]:
+        raise ValueError(f"{OP}: weights must be finite and non-negative")
+
+
+def num_classes_of(top: int, soft_cols: Optional[int], num_classes) -> int:
+    """C: the soft labels' columns, ``num_classes``, or the largest hard label ``top`` + 1."""
+    if num_classes is not None:
+        num_classes = _checks.integer(OP, "num_classes", num_classes, 1)
+    if soft_cols is not None:
+        if num_classes is not None and num_classes != soft_cols:
+            raise ValueError(f"{OP}: num_classes={num_classes} but soft labels have {soft_cols} columns")
+        return soft_cols
+    if num_classes is None:
+        if top < 0:
+            raise ValueError(f"{OP}: every label is -1; give num_classes and at least one seed")
+        return top + 1
+    if top >= num_classes:
+        raise ValueError(f"{OP}: labels contain class {top}, outside [0, num_classes={num_classes})")
+    return num_classes
+
+
+def isolated(indptr: Tensor, values: Tensor) -> Tensor:
     """``(N,)`` bool: rows of S without a non-zero entry (an O(nnz) int64 prefix count)."""
-    nz = torch.cumsum((g.values != 0).to(torch.int64), 0)
+    nz = torch.cumsum((values != 0).to(torch.int64), 0)
     nz = torch.cat([nz.new_zeros(1), nz])
-    return (nz[g.indptr[1:]] - nz[g.indptr[:-1]]) == 0
+    return (nz[indptr[1:]] - nz[indptr[:-1]]) == 0
 
 
-def _seeds(lab: Tensor, soft: bool, c: int, seed: Tensor, w: Tensor, class_mass_norm: bool, dtype,
-           reduce=lambda mass: mass) -> Tensor:
-    """``(N, C)`` seed matrix; ``reduce`` completes the ``(C,)`` class masses over row shards."""
-    n = lab.shape[0]
+def seed_matrix(lab: Tensor, soft: bool, c: int, seed: Tensor, w: Tensor, class_mass_norm: bool, dtype,
+                reduce: Callable[[Tensor], Tensor] = _same) -> Tensor:
+    """``(N, C)`` seed matrix, without a host sync; ``reduce`` completes the ``(C,)`` class masses."""
     if soft:
         y = lab.to(dtype) * (w * seed).unsqueeze(1)
         if class_mass_norm:
             mass = reduce(y.sum(0))
             y /= torch.where(mass > 0, mass, 1.0)
         return y
-    rows = seed.nonzero().squeeze(1)
-    cls = lab[rows]
-    wv = w[rows]
+    cls = lab.clamp_min(0)
+    wv = torch.where(seed, w, 0.0)
     if class_mass_norm:
-        mass = reduce(torch.zeros(c, dtype=dtype, device=lab.device).index_add_(0, cls, wv))
-        wv = torch.where(mass[cls] > 0, wv / torch.where(mass[cls] > 0, mass[cls], 1.0), 0.0)
-    y = torch.zeros((n, c), dtype=dtype, device=lab.device)
-    y[rows, cls] = wv
-    return y
+        mass = reduce(torch.zeros(c, dtype=dtype, device=lab.device).index_add_(0, cls, wv))[cls]
+        wv = torch.where(mass > 0, wv / torch.where(mass > 0, mass, 1.0), 0.0)
+    return torch.zeros((lab.shape[0], c), dtype=dtype, device=lab.device).scatter_(1, cls.unsqueeze(1),
+                                                                                    wv.unsqueeze(1))
+
+
+def finish(out, given: Tensor, c: int, reduce: Callable[[Tensor], Tensor] = _same,
+           reduce_max: Callable[[Tensor], Tensor] = _same, row_start: int = 0) -> dict:
+    """The :class:`Propagation` arrays from the kernel outputs ``(z, scores, oos, labels, confidence,
+    weight, margin, residual)``; ``reduce`` / ``reduce_max`` complete sums / maxima over row shards, and
+    ``issues`` get global ids from ``row_start``.  One host sync: the compaction of ``issues``."""
+    z, scores, oos, plabels, conf, weight, margin, residual = out
+    dtype = scores.dtype
+    wmax = reduce_max(weight.max().reshape(1) if weight.numel() else weight.new_zeros(1))[0]
+    entropy_weight = weight / torch.where(wmax > 0, wmax, 1.0)
+    # index_add instead of bincount: bincount on a GPU reads the maximum back to the host
+    counts = torch.zeros(c + 1, dtype=torch.int64, device=plabels.device)
+    counts = reduce(counts.index_add_(0, plabels + 1, torch.ones_like(plabels))[1:].to(dtype))
+    class_weight = torch.where(counts > 0, (counts.sum() / c) / torch.where(counts > 0, counts, 1.0), 0.0)
+    cand = ((given >= 0) & (plabels >= 0) & (plabels != given)).nonzero().squeeze(1)
+    issues = cand[torch.argsort(margin[cand], descending=True, stable=True)] + row_start
+    return dict(scores=scores, labels=plabels, confidence=conf, entropy_weight=entropy_weight,
+                class_weight=class_weight, oos_scores=oos, issues=issues, residual=residual.to(dtype), raw_scores=z)
+
+
+def given_labels(lab: Tensor, soft: bool) -> Tensor:
+    """``(N,)`` int64 given label per row: the hard label, or the argmax of a labelled soft row, else -1."""
+    if not soft:
+        return lab
+    if lab.shape[0] == 0:
+        return lab.new_zeros(0, dtype=torch.int64)
+    return torch.where(labelled_rows(lab, soft), lab.argmax(1), -1)
 
 
 def propagate(graph, labels, *, num_classes: Optional[int] = None, mask=None, weights=None, alpha: float = 0.99,
-              solver: str = "cg", max_iter: int = 20, tol: float = 1e-6, class_mass_norm: bool = True) -> Propagation:
+              solver: str = "cg", max_iter: int = 20, tol: float = 1e-6, class_mass_norm: bool = True,
+              reorder: bool = False) -> Propagation:
     r"""Label propagation ``(I - alpha S) Z = Y`` over a normalised graph, fused over all C classes.
 
     Seeds (LP-DeepSSL / AML-KD): ``Y[i, c] = w_i [y_i = c] / sum_{j seed, y_j = c} w_j`` for seed rows
@@ -193,108 +291,54 @@ def propagate(graph, labels, *, num_classes: Optional[int] = None, mask=None, we
             labelled -1 (or a soft row that sums to 0).
         weights: ``(N,)`` non-negative per-row seed confidence (e.g. AWE weights); default 1.
         alpha: in (0, 1).  max_iter: >= 1.  tol: >= 0.
+        reorder: solve in the graph's :meth:`Graph.locality_order` (reverse Cuthill-McKee, computed once
+            and cached on the graph with the reordered CSR) and return results in the caller's order.
+            Same results up to the summation order of each row's neighbours.  CPU only (ignored on a
+            GPU); pays off when the graph has locality to recover (see README "Threads and locality").
 
     Returns:
         :class:`Propagation`.
 
     Memory: cg allocates four ``(N, C)`` buffers in the compute dtype (x, r = seeds, p, q; the outputs
     reuse them), iterate four (seeds, two Z buffers, oos); plus O(N + nnz) for the seeds and checks.
-    No ``N x N`` temporaries.  Value checks synchronise with the device once.
+    No ``N x N`` temporaries.  ``reorder=True`` adds one permuted ``(N, C)`` copy at a time (seeds in, each
+    output back) and, on first use per graph, the reordered CSR.
+
+    Host synchronisations per call (on a GPU): three.  The value checks of the inputs read one small
+    summary vector (1); the extension waits for its stream once at the end of the solve for the
+    iteration count (2); the ``issues`` list, whose length depends on the results, is compacted (3).
+    Solve and post-processing are one extension call, with no Python between them.
     """
-    lab, kind = _interop.to_torch(labels, "propagate", "labels")
+    lab, kind = _checks.array(OP, "labels", labels)
     g = Graph.coerce(graph)
     dev = lab.device
     if g.device != dev:
         g = g.to(dev)
-    n = g.num_nodes
-    dtype = g.dtype
-    if not isinstance(solver, str) or solver not in _SOLVERS:
-        raise ValueError(f"propagate: solver must be one of {sorted(_SOLVERS)}, got {solver!r}")
-    alpha = _number("alpha", alpha, 0.0, 1.0, open_lo=True, open_hi=True)
-    tol = _number("tol", tol, 0.0)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"propagate: max_iter must be an int >= 1, got {max_iter!r}")
-    if not isinstance(class_mass_norm, bool):
-        raise TypeError(f"propagate: class_mass_norm must be a bool, got {type(class_mass_norm).__name__}")
-
-    if lab.dtype == torch.bool or lab.is_complex():
-        raise TypeError(f"propagate: labels must be integer (N,) or float (N, C), got {lab.dtype}")
-    soft = lab.is_floating_point()
-    if (soft and lab.dim() != 2) or (not soft and lab.dim() != 1):
-        raise ValueError(f"propagate: labels must have shape (N,) when integer or (N, C) when float, "
-                         f"got {lab.dtype} of shape {tuple(lab.shape)}")
-    if lab.shape[0] != n:
-        raise ValueError(f"propagate: labels has {lab.shape[0]} rows but the graph has {n} nodes")
-    if soft:
-        c = lab.shape[1]
-        if num_classes is not None and num_classes != c:
-            raise ValueError(f"propagate: num_classes={num_classes} but soft labels have {c} columns")
-        if c < 1:
-            raise ValueError("propagate: soft labels need at least one column")
-        if n and not bool(torch.isfinite(lab).all()):
-            raise ValueError("propagate: soft labels contain NaN or inf")
-        if n and bool((lab < 0).any()):
-            raise ValueError("propagate: soft labels must be non-negative")
-        rowsum = lab.sum(1)
-        labelled = rowsum > 0
-        given = torch.where(labelled, lab.argmax(1), -1) if n else lab.new_zeros(0, dtype=torch.int64)
-    else:
-        lab = lab.to(torch.int64)
-        if n and bool((lab < -1).any()):
-            v = int(lab[lab < -1][0])
-            raise ValueError(f"propagate: labels must be class indices >= 0 or -1 (unlabelled), found {v}")
-        top = int(lab.max()) if n else -1
-        if num_classes is None:
-            if top < 0:
-                raise ValueError("propagate: every label is -1; give num_classes and at least one seed")
-            c = top + 1
-        else:
-            if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-                raise ValueError(f"propagate: num_classes must be an int >= 1, got {num_classes!r}")
-            c = num_classes
-            if top >= c:
-                raise ValueError(f"propagate: labels contain class {top}, outside [0, num_classes={c})")
-        labelled = lab >= 0
-        given = lab
-    if mask is None:
-        seed = labelled
-    else:
-        m, _ = _interop.to_torch(mask, "propagate", "mask")
-        if m.dtype != torch.bool:
-            raise TypeError(f"propagate: mask must be a bool array, got {m.dtype}")
-        if m.shape != (n,):
-            raise ValueError(f"propagate: mask must have shape ({n},), got {tuple(m.shape)}")
-        m = m.to(dev)
-        bad = m & ~labelled
-        if bool(bad.any()):
-            raise ValueError(f"propagate: mask selects row {int(bad.nonzero()[0])}, which has no label")
-        seed = m
-    if weights is None:
-        w = torch.ones(n, dtype=dtype, device=dev)
-    else:
-        w, _ = _interop.to_torch(weights, "propagate", "weights")
-        if not w.is_floating_point():
-            raise TypeError(f"propagate: weights must be floating point, got {w.dtype}")
-        if w.shape != (n,):
-            raise ValueError(f"propagate: weights must have shape ({n},), got {tuple(w.shape)}")
-        w = w.to(device=dev, dtype=dtype)
-        if n and not (bool(torch.isfinite(w).all()) and bool((w >= 0).all())):
-            raise ValueError("propagate: weights must be finite and non-negative")
-    if not bool(seed.any()):
-        raise ValueError("propagate: no seed rows (mask and labels select none)")
-    seed = seed & ~_isolated(g)
-
-    y = _seeds(lab, soft, c, seed, w, class_mass_norm, dtype)
-    z, scores, oos, plabels, conf, weight, margin, residual, stats = _propagate_op(
-        g.indptr.contiguous(), g.indices.contiguous(), g.values.contiguous(), y, given.contiguous(), alpha,
-        _SOLVERS[solver], max_iter, tol)
-    wmax = weight.max() if n else weight.new_zeros(())
-    entropy_weight = weight / torch.where(wmax > 0, wmax, 1.0)
-    counts = torch.bincount(plabels[plabels >= 0], minlength=c).to(dtype)
-    class_weight = torch.where(counts > 0, (counts.sum() / c) / torch.where(counts > 0, counts, 1.0), 0.0)
-    cand = ((given >= 0) & (plabels >= 0) & (plabels != given)).nonzero().squeeze(1)
-    issues = cand[torch.argsort(margin[cand], descending=True, stable=True)]
-    out = dict(scores=scores, labels=plabels, confidence=conf, entropy_weight=entropy_weight,
-               class_weight=class_weight, oos_scores=oos, issues=issues, residual=residual.to(dtype), raw_scores=z)
-    return Propagation(iterations=int(stats[0]), flips=int(stats[1]),
-                       **{k: _interop.restore(v, kind) for k, v in out.items()})
+    o = check_options(alpha, solver, max_iter, tol, class_mass_norm)
+    if not isinstance(reorder, bool):
+        raise TypeError(f"{OP}: reorder must be a bool, got {type(reorder).__name__}")
+    n, dtype = g.num_nodes, g.dtype
+    lab, soft = check_labels(lab, n, dev)
+    m, w = check_mask(mask, n, dev), check_weights(weights, n, dev, dtype)
+    s = summarize(lab, soft, m, w)
+    check_values(s, soft)
+    c = num_classes_of(s["top"], lab.shape[1] if soft else None, num_classes)
+    if not s["any_seed"]:
+        raise ValueError(f"{OP}: no seed rows (mask and labels select none)")
+    seed = s["seed"] & ~isolated(g.indptr, g.values)
+    y = seed_matrix(lab, soft, c, seed, w, class_mass_norm, dtype)
+    given = given_labels(lab, soft).contiguous()
+    order = None
+    if reorder and dev.type == "cpu" and n > 1:
+        g, order = g.reordered()
+    y_in, given_in = (y, given) if order is None else (y[order], given[order])
+    del y
+    *out, stats = _propagate_op(g.indptr.contiguous(), g.indices.contiguous(), g.values.contiguous(), y_in,
+                                given_in, o["alpha"], int(o["solver"]), o["max_iter"], o["tol"])
+    if order is not None:  # the per-row outputs back to the caller's order, one at a time
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(n, device=dev)
+        out = [t[inv] for t in out[:7]] + out[7:]  # all but the (C,) residual are per row
+    it, flips = stats.tolist()
+    return Propagation(iterations=it, flips=flips,
+                       **{k: _checks.restore(v, kind) for k, v in finish(out, given, c).items()})

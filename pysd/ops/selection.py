@@ -1,19 +1,21 @@
-"""Small-loss sample selection: ``pysd.small_loss_mask`` and ``pysd.gmm_clean_prob`` (vectorised torch)."""
+"""Small-loss sample selection: ``pysd.small_loss_mask``, ``pysd.gmm_clean_prob`` (vectorised torch) and the
+per-mini-batch rule of AML-KD, :func:`batch_small_loss_mask`."""
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .. import _interop
+from .. import _checks
 
 _EPS = 1e-9  # keeps floor(ratio * n) from losing a sample to rounding (0.29 * 100 = 28.999...)
 
 
 def _losses(losses, op: str) -> tuple:
-    t, kind = _interop.to_torch(losses, op, "losses")
+    t, kind = _checks.array(op, "losses", losses)
     if not t.is_floating_point():
         raise TypeError(f"{op}: losses must be floating point, got {t.dtype}")
     if t.dim() != 1:
@@ -41,17 +43,17 @@ def small_loss_mask(losses, labels, ratio: float, per_class: bool = True):
     """
     op = "small_loss_mask"
     x, kind = _losses(losses, op)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
-        raise ValueError(f"{op}: ratio must be a number in [0, 1], got {ratio!r}")
+    ratio = _checks.real(op, "ratio", ratio, 0.0, 1.0)
+    _checks.boolean(op, "per_class", per_class)
     n = x.shape[0]
     order = torch.argsort(x, stable=True)
     if not per_class:
         keep = torch.zeros(n, dtype=torch.bool, device=x.device)
         keep[order[: math.floor(float(ratio) * n + _EPS)]] = True
-        return _interop.restore(keep, kind)
+        return _checks.restore(keep, kind)
     if labels is None:
         raise ValueError(f"{op}: labels are required when per_class=True")
-    y, _ = _interop.to_torch(labels, op, "labels")
+    y, _ = _checks.array(op, "labels", labels)
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
         raise TypeError(f"{op}: labels must be integer class indices, got {y.dtype}")
     if y.shape != (n,):
@@ -67,7 +69,7 @@ def small_loss_mask(losses, labels, ratio: float, per_class: bool = True):
     rank = torch.arange(n, device=x.device) - starts[ys]
     keep = torch.zeros(n, dtype=torch.bool, device=x.device)
     keep[order] = rank < k[ys]
-    return _interop.restore(keep, kind)
+    return _checks.restore(keep, kind)
 
 
 def _log_gauss(x: Tensor, w: Tensor, mu: Tensor, var: Tensor) -> Tensor:
@@ -102,7 +104,7 @@ def gmm_clean_prob(losses, *, max_iter: int = 10, tol: float = 1e-2, reg_covar: 
     n = x.shape[0]
     lo, hi = (x.min(), x.max()) if n else (x.new_zeros(()), x.new_zeros(()))
     if n == 0 or not bool(hi > lo):
-        return _interop.restore(torch.ones_like(t), kind)
+        return _checks.restore(torch.ones_like(t), kind)
     x = ((x - lo) / (hi - lo)).unsqueeze(1)
     centres = x.new_tensor([0.0, 1.0])
     assign = None
@@ -129,4 +131,19 @@ def gmm_clean_prob(losses, *, max_iter: int = 10, tol: float = 1e-2, reg_covar: 
         prev = ll
     lp = _log_gauss(x, w, mu, var)
     post = torch.exp(lp - torch.logsumexp(lp, 1, keepdim=True))
-    return _interop.restore(post[:, int(torch.argmin(mu))].to(t.dtype), kind)
+    return _checks.restore(post[:, int(torch.argmin(mu))].to(t.dtype), kind)
+
+
+def batch_small_loss_mask(losses: Tensor, keep_ratio: float, batch_size: int, order: Optional[Tensor] = None) -> Tensor:
+    """The published rule: inside each mini-batch of ``batch_size`` (in ``order``, the order in which
+    samples were seen), keep the ``floor(keep_ratio * B)`` smallest losses.  Returns an ``(N,)`` bool mask
+    in dataset order."""
+    n = losses.shape[0]
+    order = torch.arange(n, device=losses.device) if order is None else order
+    mask = torch.zeros(n, dtype=torch.bool, device=losses.device)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        keep = int(keep_ratio * idx.numel())
+        if keep > 0:
+            mask[idx[torch.argsort(losses[idx], stable=True)[:keep]]] = True
+    return mask

@@ -36,51 +36,23 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _backend
-from .._ref import sparse_kd_loss as _ref  # noqa: F401  (registers the torch backend)
-from ..sparse_teacher import FORMATS, TAILS, SparseTeacher
-from .kd_loss import (_DIVERGENCES, _DTYPE_NAMES, _FLOATS, _REDUCTIONS, _acc_dtype, _check_number, _check_rows,
-                      _choice, _grad_scale, _rows_view)
+from .. import _backend, _checks
+from .._codes import FLOATS, Divergence, Phase, Reduction, Tail, TeacherFormat, acc_dtype, options
+from .._cpp.sparse_kd_loss import call as _cpp_call
+from ..sparse_teacher import SparseTeacher
+from .kd_loss import _check_normalizer, _check_options, _check_tensors, _grad_scale, _rows_view
 
-FUSED, STATS, JSD_TAIL, FINALIZE, APPLY = 0, 1, 2, 3, 4
+OP = "sparse_kd_loss"
+_backend.register(OP)
 NUM_STATS, NUM_COEF = 8, 12
 
 
-def _ptr(x: Optional[Tensor]) -> int:
-    return 0 if x is None else x.data_ptr()
-
-
-def _call(student: Tensor, phase: int, n: int, vocab: int, v0: int, width: int, ids: Tensor, vals: Tensor, target,
-          weight, grad_scale, grad, loss, stats, gathered, coef, delta, options: dict, module: str = "_C") -> None:
-    mod = _backend.extension(module)
-    if mod is None:
-        raise _backend.BackendError(f"pysd.{module} is not loaded; the sparse_kd_loss kernels need it")
-    stream = torch.cuda.current_stream(student.device).cuda_stream if student.is_cuda else 0
-    mod.sparse_kd_loss(
-        _DTYPE_NAMES[student.dtype], phase, n, vocab, v0, width, ids.shape[-1],
-        _ptr(student), student.stride(0) if student.dim() == 2 else width, _ptr(ids), _ptr(vals),
-        _ptr(target), _ptr(weight), _ptr(grad_scale), _ptr(grad), width, _ptr(loss),
-        _ptr(stats), _ptr(gathered), _ptr(coef), _ptr(delta),
-        options["divergence"], options["format"], options["tail"], options["beta"], options["temperature"],
-        options["retemper"], options["soft_coef"], options["hard_weight"], options["label_smoothing"],
-        options["ignore_index"], stream)
-
-
-def _extension_backend(module: str):
-    def run(student, indices, values, target, weight, grad_scale, *, compute_grad: bool, **options):
-        n, v = student.shape
-        rows = torch.empty(n, dtype=_acc_dtype(student.dtype), device=student.device)
-        grad = torch.empty((n, v), dtype=student.dtype, device=student.device) if compute_grad else None
-        _call(student, FUSED, n, v, 0, v, indices, values, target, weight, grad_scale, grad, rows,
-              None, None, None, None, options, module)
-        return rows, grad
-
-    return run
-
-
-_backend.register("sparse_kd_loss", "cpp")(_extension_backend("_C"))
-_backend.register("sparse_kd_loss", "cuda")(_extension_backend("_C_cuda"))
-_backend.register("sparse_kd_loss", "numba", "pysd._numba.sparse_kd_loss:sparse_kd_loss_backend")
+def _call(student: Tensor, phase: Phase, *args) -> None:
+    """One phase on ``pysd._C`` (the piecewise entry points run on CPU tensors only)."""
+    ext = _backend.extension("_C")
+    if ext is None:
+        raise _backend.BackendError("pysd._C is not loaded; the piecewise sparse_kd_loss entry points need it")
+    _cpp_call(ext, student, phase, *args)
 
 
 # --------------------------------------------------------------------------- custom op
@@ -98,9 +70,9 @@ def _sparse_kd_loss_op(
     options = dict(format=format, tail=tail, retemper=retemper, divergence=divergence, beta=beta,
                    temperature=temperature, soft_coef=soft_coef, hard_weight=hard_weight,
                    label_smoothing=label_smoothing, ignore_index=ignore_index)
-    fn = _backend.select("sparse_kd_loss", student.device.type)[1]
+    fn = _backend.select(OP, student.device.type)[1]
     rows, grad = fn(student, indices, values, target, weight, grad_scale, compute_grad=compute_grad, **options)
-    if reduction == _REDUCTIONS["none"]:
+    if reduction == Reduction.NONE:
         loss = rows.to(student.dtype)
     else:
         loss = (rows.sum() * grad_scale.to(rows.dtype)).to(student.dtype)
@@ -111,7 +83,7 @@ def _sparse_kd_loss_op(
 def _(student, indices, values, target, weight, grad_scale, format, tail, retemper, divergence, beta, temperature,
       soft_coef, hard_weight, label_smoothing, ignore_index, reduction, compute_grad):
     n = student.shape[0]
-    loss = student.new_empty((n,) if reduction == _REDUCTIONS["none"] else ())
+    loss = student.new_empty((n,) if reduction == Reduction.NONE else ())
     return loss, (student.new_empty(student.shape) if compute_grad else student.new_empty(0))
 
 
@@ -128,7 +100,7 @@ def _backward(ctx, grad_loss, _grad_buffer):
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         raise RuntimeError("pysd.kd_loss with a SparseTeacher does not support double backward "
                            "(create_graph=True); use pysd._ref.sparse_kd_loss.sparse_kd_rows")
-    if ctx.reduction == _REDUCTIONS["none"]:
+    if ctx.reduction == Reduction.NONE:
         g = buf * grad_loss.to(buf.dtype).unsqueeze(-1)
     elif not torch.compiler.is_compiling() and grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
         g = buf
@@ -169,11 +141,11 @@ class SparsePlan:
     @property
     def needs_jsd_tail(self) -> bool:
         o = self.options
-        return o["soft_coef"] != 0.0 and o["divergence"] == _DIVERGENCES["jsd"] and o["tail"] == TAILS["uniform"]
+        return o["soft_coef"] != 0.0 and o["divergence"] == Divergence.JSD and o["tail"] == Tail.UNIFORM
 
     def new_stats(self) -> Tuple[Tensor, Tensor]:
         """Empty statistics ``(N, 8)`` (max -inf, sums 0) and gathered logits ``(N, k)`` (0)."""
-        acc = _acc_dtype(self.dtype)
+        acc = acc_dtype(self.dtype)
         stats = torch.zeros(self.rows, NUM_STATS, dtype=acc, device=self.ids.device)
         stats[:, 0] = -math.inf
         return stats, torch.zeros(self.rows, self.ids.shape[1], dtype=acc, device=self.ids.device)
@@ -181,7 +153,7 @@ class SparsePlan:
 
 def sparse_kd_plan(teacher: SparseTeacher, vocab: int, target: Optional[Tensor] = None, *,
                    dtype: torch.dtype = torch.float32, device=None, divergence: str = "fkl", beta: float = 0.5,
-                   temperature: float = 1.0, scale_t2: bool = True, hard_weight: float = 0.0,
+                   temperature: float = 1.0, scale_t2: bool = True, hard_weight: Optional[float] = None,
                    soft_weight: float = 1.0, label_smoothing: float = 0.0, ignore_index: int = -100,
                    weight: Optional[Tensor] = None, reduction: str = "mean",
                    normalizer: Optional[Tensor] = None) -> SparsePlan:
@@ -189,23 +161,16 @@ def sparse_kd_plan(teacher: SparseTeacher, vocab: int, target: Optional[Tensor] 
     (the options are :func:`pysd.kd_loss`'s) and resolve them into a :class:`SparsePlan`."""
     if not isinstance(teacher, SparseTeacher):
         raise TypeError(f"kd_loss: teacher must be a SparseTeacher here, got {type(teacher).__name__}")
-    if dtype not in _FLOATS:
+    if dtype not in FLOATS:
         raise TypeError(f"kd_loss: student_logits must be float32/float64/bfloat16/float16, got {dtype}")
     device = teacher.device if device is None else torch.device(device)
     if teacher.device != device:
         raise ValueError(f"kd_loss: the SparseTeacher is on {teacher.device}, student_logits on {device}")
-    div = _choice("divergence", divergence, _DIVERGENCES)
-    red = _choice("reduction", reduction, _REDUCTIONS)
-    beta = _check_number("beta", beta, 0.0, 1.0)
-    temperature = _check_number("temperature", temperature, 0.0, lo_open=True)
-    hard_weight = _check_number("hard_weight", hard_weight, 0.0)
-    soft_weight = _check_number("soft_weight", soft_weight, 0.0)
-    label_smoothing = _check_number("label_smoothing", label_smoothing, 0.0, 1.0)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"kd_loss: ignore_index must be an int, got {type(ignore_index).__name__}")
-    if div == _DIVERGENCES["jsd"] and beta in (0.0, 1.0):
-        div = _DIVERGENCES["fkl"] if beta == 0.0 else _DIVERGENCES["rkl"]
-    if div == _DIVERGENCES["rkl"] and teacher.tail == "renormalize":
+    o = _check_options("logits", divergence, reduction, beta, temperature, hard_weight, soft_weight, label_smoothing,
+                       ignore_index)
+    div, red, temperature, ignore_index = o["divergence"], o["reduction"], o["temperature"], o["ignore_index"]
+    hard_weight = _checks.hard_weight("kd_loss", hard_weight, True, target is not None)
+    if div == Divergence.RKL and teacher.tail == "renormalize":
         raise ValueError("kd_loss: divergence='rkl' (or 'jsd' with beta=1) with tail='renormalize' is infinite: "
                          "the teacher puts zero mass outside its top-k while the student's softmax does not; "
                          "use tail='bucket' or 'uniform', or divergence='fkl'/'jsd'")
@@ -218,22 +183,22 @@ def sparse_kd_plan(teacher: SparseTeacher, vocab: int, target: Optional[Tensor] 
                              "(ids < 0 are padding)")
         if teacher.format == "probs" and bool((teacher.values < 0).any()):
             raise ValueError("kd_loss: the SparseTeacher's format is 'probs' but it has negative values")
-    acc = _acc_dtype(dtype)
+    acc = acc_dtype(dtype)
     n = ids.shape[0]
     y = None if target is None else target.reshape(n).to(torch.int64).contiguous()
     w = None if weight is None else weight.detach().reshape(n).to(acc).contiguous()
-    options = dict(format=FORMATS[teacher.format], tail=TAILS[teacher.tail],
-                   retemper=teacher.temperature / temperature, divergence=div, beta=beta, temperature=temperature,
-                   soft_coef=soft_weight * (temperature * temperature if scale_t2 else 1.0),
-                   hard_weight=hard_weight, label_smoothing=label_smoothing, ignore_index=ignore_index)
+    options = dict(format=int(TeacherFormat[teacher.format.upper()]), tail=int(Tail[teacher.tail.upper()]),
+                   retemper=teacher.temperature / temperature, divergence=int(div), beta=o["beta"],
+                   temperature=temperature, soft_coef=o["soft_weight"] * (temperature * temperature if scale_t2 else 1.0),
+                   hard_weight=hard_weight, label_smoothing=o["label_smoothing"], ignore_index=ignore_index)
     return SparsePlan(vocab, ids.to(torch.int64).contiguous(), teacher.values.detach().reshape(n, teacher.k).to(acc)
-                      .contiguous(), y, w, _grad_scale(red, n, device, y, w, ignore_index, normalizer), options,
+                      .contiguous(), y, w, _grad_scale(red, n, y, w, ignore_index, normalizer, device), options,
                       dtype, red)
 
 
 def sparse_kd_loss(student_logits: Tensor, teacher: SparseTeacher, target: Optional[Tensor] = None, *,
                    divergence: str = "fkl", beta: float = 0.5, temperature: float = 1.0, scale_t2: bool = True,
-                   hard_weight: float = 0.0, soft_weight: float = 1.0, label_smoothing: float = 0.0,
+                   hard_weight: Optional[float] = None, soft_weight: float = 1.0, label_smoothing: float = 0.0,
                    ignore_index: int = -100, weight: Optional[Tensor] = None, reduction: str = "mean",
                    normalizer: Optional[Tensor] = None) -> Tensor:
     r"""``pysd.kd_loss`` against a :class:`pysd.SparseTeacher`: same options and result.
@@ -264,9 +229,12 @@ def sparse_kd_loss(student_logits: Tensor, teacher: SparseTeacher, target: Optio
     if isinstance(teacher, SparseTeacher) and teacher.shape != batch:
         raise ValueError(f"kd_loss: the SparseTeacher's rows {tuple(teacher.shape)} must match student_logits "
                          f"without V {tuple(batch)}")
-    red = _choice("reduction", reduction, _REDUCTIONS)
-    _check_rows(student_logits, target, weight, normalizer, red, reduction, ignore_index,
-                not torch.compiler.is_compiling())
+    if student_logits.dtype not in FLOATS:
+        raise TypeError(f"kd_loss: student_logits must be float32/float64/bfloat16/float16, got {student_logits.dtype}")
+    red = _checks.option("kd_loss", "reduction", reduction, Reduction, options(Reduction))
+    _check_tensors(student_logits, None, target, weight, TeacherFormat.NONE, _checks.integer("kd_loss", "ignore_index",
+                                                                                              ignore_index))
+    _check_normalizer(normalizer, red, reduction)
     plan = sparse_kd_plan(teacher, v, target, dtype=student_logits.dtype, device=student_logits.device,
                           divergence=divergence, beta=beta, temperature=temperature, scale_t2=scale_t2,
                           hard_weight=hard_weight, soft_weight=soft_weight, label_smoothing=label_smoothing,
@@ -276,9 +244,9 @@ def sparse_kd_loss(student_logits: Tensor, teacher: SparseTeacher, target: Optio
     o = plan.options
     loss, _ = _sparse_kd_loss_op(s2, plan.ids, plan.vals, plan.target, plan.weight, plan.grad_scale, o["format"],
                                  o["tail"], o["retemper"], o["divergence"], o["beta"], o["temperature"],
-                                 o["soft_coef"], o["hard_weight"], o["label_smoothing"], o["ignore_index"], red,
-                                 compute_grad)
-    return loss.reshape(batch) if red == _REDUCTIONS["none"] else loss
+                                 o["soft_coef"], o["hard_weight"], o["label_smoothing"], o["ignore_index"],
+                                 int(red), compute_grad)
+    return loss.reshape(batch) if red == Reduction.NONE else loss
 
 
 # --------------------------------------------------------------------------- piecewise entry points
@@ -300,7 +268,7 @@ def sparse_kd_stats(plan: SparsePlan, piece: Tensor, v0: int, stats: Tensor, gat
     2 sum exp(s - max), 3 sum exp((s - max)/T) (s - max)/T, 4 sum s, 5 s[target],
     6-7 the jsd-uniform tail sums."""
     p = _piece(plan, piece, v0)
-    _call(p, STATS, plan.rows, plan.vocab, v0, p.shape[1], plan.ids, plan.vals, plan.target, plan.weight,
+    _call(p, Phase.STATS, plan.rows, plan.vocab, v0, p.shape[1], plan.ids, plan.vals, plan.target, plan.weight,
           plan.grad_scale, None, None, stats, gathered, None, None, plan.options)
 
 
@@ -308,20 +276,20 @@ def sparse_kd_jsd_tail(plan: SparsePlan, piece: Tensor, v0: int, stats: Tensor) 
     """Add the piece's jsd-uniform tail sums to ``stats[:, 6:8]``; ``stats`` columns 0-1 must
     already be merged over the whole vocabulary."""
     p = _piece(plan, piece, v0)
-    _call(p, JSD_TAIL, plan.rows, plan.vocab, v0, p.shape[1], plan.ids, plan.vals, plan.target, plan.weight,
+    _call(p, Phase.JSD_TAIL, plan.rows, plan.vocab, v0, p.shape[1], plan.ids, plan.vals, plan.target, plan.weight,
           plan.grad_scale, None, None, stats, None, None, None, plan.options)
 
 
 def sparse_kd_finalize(plan: SparsePlan, stats: Tensor, gathered: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """Row losses ``(N,)`` (weighted), coefficients ``(N, 12)`` and corrections ``(N, k)`` from
     statistics merged over the whole vocabulary."""
-    acc = _acc_dtype(plan.dtype)
+    acc = acc_dtype(plan.dtype)
     dev = plan.ids.device
     rows = torch.empty(plan.rows, dtype=acc, device=dev)
     coef = torch.empty(plan.rows, NUM_COEF, dtype=acc, device=dev)
     delta = torch.empty(plan.rows, plan.ids.shape[1], dtype=acc, device=dev)
     dummy = torch.empty(plan.rows, 0, dtype=plan.dtype, device=dev)
-    _call(dummy, FINALIZE, plan.rows, plan.vocab, 0, 0, plan.ids, plan.vals, plan.target, plan.weight,
+    _call(dummy, Phase.FINALIZE, plan.rows, plan.vocab, 0, 0, plan.ids, plan.vals, plan.target, plan.weight,
           plan.grad_scale, None, rows, stats, gathered, coef, delta, plan.options)
     return rows, coef, delta
 
@@ -335,7 +303,7 @@ def sparse_kd_apply(plan: SparsePlan, piece: Tensor, v0: int, coef: Tensor, delt
         out = torch.empty_like(p, memory_format=torch.contiguous_format)
     elif out.shape != p.shape or out.dtype != p.dtype or not out.is_contiguous():
         raise ValueError("sparse_kd_apply: out must be a contiguous tensor of the piece's shape and dtype")
-    _call(p, APPLY, plan.rows, plan.vocab, v0, p.shape[1], plan.ids, plan.vals, plan.target, plan.weight,
+    _call(p, Phase.APPLY, plan.rows, plan.vocab, v0, p.shape[1], plan.ids, plan.vals, plan.target, plan.weight,
           plan.grad_scale, out, None, None, None, coef, delta, plan.options)
     return out
 

@@ -2,41 +2,24 @@
 
 from __future__ import annotations
 
-import math
 from typing import Tuple
 
 import torch
 from torch import Tensor
 
-from .. import _backend
-from .._ref import topk_teacher as _ref  # noqa: F401  (registers the torch backend)
-from ..sparse_teacher import FORMATS, TAILS, SparseTeacher
-from .kd_loss import _DTYPE_NAMES, _FLOATS, _acc_dtype, _rows_view
+from .. import _backend, _checks
+from .._codes import FLOATS, Tail, TeacherFormat, options
+from ..sparse_teacher import SparseTeacher
+from .kd_loss import _rows_view
 
-
-def _extension_backend(module: str):
-    def run(logits: Tensor, k: int, temperature: float, format: int) -> Tuple[Tensor, Tensor]:
-        mod = _backend.extension(module)
-        n, v = logits.shape
-        ids = torch.empty(n, k, dtype=torch.int64, device=logits.device)
-        vals = torch.empty(n, k, dtype=_acc_dtype(logits.dtype), device=logits.device)
-        stream = torch.cuda.current_stream(logits.device).cuda_stream if logits.is_cuda else 0
-        mod.topk_teacher(_DTYPE_NAMES[logits.dtype], n, v, k, logits.data_ptr(), logits.stride(0), ids.data_ptr(),
-                         vals.data_ptr(), temperature, format, stream)
-        return ids, vals
-
-    return run
-
-
-_backend.register("topk_teacher", "cpp")(_extension_backend("_C"))
-_backend.register("topk_teacher", "cuda")(_extension_backend("_C_cuda"))
-_backend.register("topk_teacher", "numba", "pysd._numba.topk_teacher:topk_teacher_backend")
+OP = "topk_teacher"
+_backend.register(OP)
 
 
 @torch.library.custom_op("pysd::topk_teacher", mutates_args=())
 def _topk_teacher_op(logits: Tensor, k: int, temperature: float, format: int) -> Tuple[Tensor, Tensor]:
     """``(N, V)`` logits → ids ``(N, k)`` int64 and values ``(N, k)`` (accumulation dtype)."""
-    fn = _backend.select("topk_teacher", logits.device.type)[1]
+    fn = _backend.select(OP, logits.device.type)[1]
     return fn(logits, k, temperature, format)
 
 
@@ -70,7 +53,7 @@ def topk_teacher(teacher_logits: Tensor, k: int, *, temperature: float = 1.0, fo
     """
     if not isinstance(teacher_logits, Tensor):
         raise TypeError(f"topk_teacher: teacher_logits must be a torch.Tensor, got {type(teacher_logits).__name__}")
-    if teacher_logits.dtype not in _FLOATS:
+    if teacher_logits.dtype not in FLOATS:
         raise TypeError(f"topk_teacher: teacher_logits must be float32/float64/bfloat16/float16, "
                         f"got {teacher_logits.dtype}")
     if teacher_logits.dim() < 1:
@@ -78,14 +61,10 @@ def topk_teacher(teacher_logits: Tensor, k: int, *, temperature: float = 1.0, fo
     v = teacher_logits.shape[-1]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= v:
         raise ValueError(f"topk_teacher: k must be an int in [1, V={v}], got {k!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"topk_teacher: temperature must be a finite number > 0, got {temperature!r}")
-    if format not in FORMATS:
-        raise ValueError(f"topk_teacher: format must be one of {sorted(FORMATS)}, got {format!r}")
-    if tail not in TAILS:
-        raise ValueError(f"topk_teacher: tail must be one of {sorted(TAILS)}, got {tail!r}")
+    temperature = _checks.real(OP, "temperature", temperature, 0.0, lo_open=True)
+    code = _checks.option(OP, "format", format, TeacherFormat, options(TeacherFormat))
+    _checks.choice(OP, "tail", tail, options(Tail))
     x = _rows_view(teacher_logits.detach(), v)
-    ids, vals = _topk_teacher_op(x, k, float(temperature), FORMATS[format])
+    ids, vals = _topk_teacher_op(x, k, temperature, int(code))
     batch = teacher_logits.shape[:-1]
     return SparseTeacher(ids.reshape(*batch, k), vals.reshape(*batch, k), format, tail, float(temperature))

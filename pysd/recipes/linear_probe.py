@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _checks
 from ..ops.kd_loss import kd_loss
 from ..ops.partial_labels import partial_labels
 
@@ -92,16 +93,147 @@ def _train(x: Tensor, w0: Tensor, targets: Tensor, lam: float, temperature: floa
         best = g
         opt = torch.optim.LBFGS([w], lr=1.0, max_iter=max_iter, tolerance_grad=grad_tol, tolerance_change=0.0,
                                 history_size=50, line_search_fn="strong_wolfe")
-    return w.detach(), g, iters
+    w = w.detach()
+    if loss == "ce" and g > grad_tol:
+        w, g = _newton_polish(x, w, targets, lam, temperature, grad_tol, g)
+    return w, g, iters
+
+
+def _newton_polish(x: Tensor, w: Tensor, targets: Tensor, lam: float, temperature: float, grad_tol: float,
+                   g_max: float, steps: int = 4):
+    """Newton-CG steps on the convex soft-CE objective, from L-BFGS's end point.
+
+    Near ``max|grad| ~ 1e-9`` a step changes the objective by less than float64 resolves, so
+    L-BFGS's line search stalls there; Newton steps need gradients only.  The Hessian-vector
+    product of ``mean_i CE(t_i, softmax(x_i W / tau)) + lam/2 ||W||^2`` is analytic:
+    ``X^T (p * XV - p <p, XV>) / (N tau^2) + lam V``.  A step is kept only if it lowers
+    ``max |grad|``.
+    """
+    n, tau = x.shape[0], temperature
+
+    def grad_and_probs(w_: Tensor):
+        p = torch.softmax(x @ w_ / tau, dim=-1)
+        return x.T @ (p - targets) / (n * tau) + lam * w_, p
+
+    g, p = grad_and_probs(w)
+    for _ in range(steps):
+        def hvp(v: Tensor) -> Tensor:
+            u = x @ v
+            return x.T @ (p * u - p * (p * u).sum(-1, keepdim=True)) / (n * tau * tau) + lam * v
+
+        d, r = torch.zeros_like(w), g.clone()
+        q, rr = r.clone(), float((r * r).sum())
+        for _ in range(min(4 * w.numel(), 200)):
+            hq = hvp(q)
+            a = rr / float((q * hq).sum())
+            d += a * q
+            r -= a * hq
+            rr_next = float((r * r).sum())
+            if rr_next <= 1e-32 * max(float((g * g).sum()), 1e-300):
+                break
+            q, rr = r + (rr_next / rr) * q, rr_next
+        g_new, p_new = grad_and_probs(w - d)
+        m = float(g_new.abs().max())
+        if not m < g_max:
+            break
+        w, g, p, g_max = w - d, g_new, p_new, m
+        if g_max <= grad_tol:
+            break
+    return w, g_max
 
 
 def _as_tensor(x, name, dtype, device=None) -> Tensor:
-    if isinstance(x, Tensor):
-        return x.detach().to(dtype=dtype, device=device if device is not None else x.device)
-    try:
-        return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{_WHERE}: {name} must be a tensor or array, got {type(x).__name__}") from exc
+    t = _checks.array(_WHERE, name, x, sequences=True)[0].detach()
+    return t.to(dtype=dtype, device=device if device is not None else t.device)
+
+
+def _check_options(variant, optimizer, pll_loss, dtype, rounds, lam, temperature, gce_q, grad_tol,
+                   max_iter) -> None:
+    _checks.choice(_WHERE, "variant", variant, ("sd", "pll"))
+    _checks.choice(_WHERE, "optimizer", optimizer, ("lbfgs",))
+    _checks.choice(_WHERE, "pll_loss", pll_loss, ("gce", "ce"))
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{_WHERE}: dtype must be torch.float32 or torch.float64, got {dtype}")
+    _checks.integer(_WHERE, "rounds", rounds, 0)
+    if variant == "pll" and rounds != 1:
+        raise ValueError(f"{_WHERE}: variant='pll' trains one student; rounds must be 1, got {rounds}")
+    for name, v in (("lam", lam), ("temperature", temperature), ("gce_q", gce_q), ("grad_tol", grad_tol)):
+        _checks.real(_WHERE, name, v, 0.0, lo_open=True)
+    _checks.integer(_WHERE, "max_iter", max_iter, 1)
+
+
+def _check_data(features, noisy_labels, num_classes, true_labels, dtype):
+    """``(x (N, p), y (N,) int64, K, true labels or None)``, checked."""
+    x = _as_tensor(features, "features", dtype)
+    if x.dim() != 2:
+        raise ValueError(f"{_WHERE}: features must be (N, p), got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{_WHERE}: features have NaN or infinite entries")
+    n = x.shape[0]
+    y = _as_tensor(noisy_labels, "noisy_labels", torch.int64, x.device)
+    if y.shape != (n,):
+        raise ValueError(f"{_WHERE}: noisy_labels must have shape ({n},), got {tuple(y.shape)}")
+    if n == 0:
+        raise ValueError(f"{_WHERE}: no training instances (N = 0)")
+    if num_classes is not None:
+        num_classes = _checks.integer(_WHERE, "num_classes", num_classes, 2)
+    k = max(int(y.max()) + 1, 2) if num_classes is None else num_classes
+    if int(y.min()) < 0 or int(y.max()) >= k:
+        raise ValueError(f"{_WHERE}: noisy_labels must lie in [0, {k})")
+    true = None
+    if true_labels is not None:
+        true = _as_tensor(true_labels, "true_labels", torch.int64, x.device)
+        if true.shape != (n,) or int(true.min()) < 0 or int(true.max()) >= k:
+            raise ValueError(f"{_WHERE}: true_labels must have shape ({n},) with classes in [0, {k})")
+    return x, y, k, true
+
+
+def _train_rounds(x, y, k, rounds, lam, temperature, variant, pll_loss, gce_q, pll_warm_start, grad_tol, max_iter):
+    """``(outputs, predictions, weights, targets, residuals, grad_norms, iterations)`` of the rounds."""
+    n, p = x.shape
+    dtype = x.dtype
+    onehot = torch.nn.functional.one_hot(y, k).to(dtype)
+    outputs = torch.empty((rounds + 1, n, k), dtype=dtype, device=x.device)
+    tg = torch.empty_like(outputs)
+    weights = torch.empty((rounds + 1, p, k), dtype=dtype, device=x.device)
+    residuals = np.empty(rounds + 1)
+    grad_norms = np.empty(rounds + 1)
+    iterations = np.empty(rounds + 1, dtype=np.int64)
+    lam_e = lam * temperature ** 2
+    zero = torch.zeros((p, k), dtype=dtype, device=x.device)
+    for t in range(rounds + 1):
+        if t == 0:
+            target, loss, start = onehot, "ce", zero
+        elif variant == "sd":
+            target, loss, start = outputs[t - 1], "ce", zero
+        else:
+            target = partial_labels(outputs[0], 2)
+            loss = pll_loss
+            start = weights[0] if pll_warm_start else zero
+        w, g, it = _train(x, start, target, lam, temperature, loss, gce_q, grad_tol, max_iter)
+        out = torch.softmax(x @ w / temperature, dim=-1)
+        tg[t], outputs[t], weights[t] = target, out, w
+        grad_norms[t], iterations[t] = g, it
+        if loss == "ce":
+            fixed = torch.softmax(x @ (x.T @ (target - out)) / (n * lam_e), dim=-1)
+            residuals[t] = float((out - fixed).abs().max())
+        else:
+            residuals[t] = math.nan
+    return outputs, outputs.argmax(-1), weights, tg, residuals, grad_norms, iterations
+
+
+def _accuracies(pred, y, true):
+    """Accuracy overall, on clean rows and on noisy rows per round (None without true labels)."""
+    if true is None:
+        return None, None, None
+    correct = (pred == true).cpu().numpy()
+    is_noisy = (y != true).cpu().numpy()
+    rounds = correct.shape[0]
+
+    def frac(mask):
+        return correct[:, mask].mean(1) if mask.any() else np.full(rounds, np.nan)
+
+    return correct.mean(1), frac(~is_noisy), frac(is_noisy)
 
 
 def linear_probe_sd(features, noisy_labels, *, rounds: int, lam: float, variant: str = "sd",
@@ -142,82 +274,8 @@ def linear_probe_sd(features, noisy_labels, *, rounds: int, lam: float, variant:
     Returns:
         :class:`LinearProbeResult`.
     """
-    if variant not in ("sd", "pll"):
-        raise ValueError(f"{_WHERE}: variant must be 'sd' or 'pll', got {variant!r}")
-    if optimizer != "lbfgs":
-        raise ValueError(f"{_WHERE}: optimizer must be 'lbfgs', got {optimizer!r}")
-    if pll_loss not in ("gce", "ce"):
-        raise ValueError(f"{_WHERE}: pll_loss must be 'gce' or 'ce', got {pll_loss!r}")
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{_WHERE}: dtype must be torch.float32 or torch.float64, got {dtype}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"{_WHERE}: rounds must be an int >= 0, got {rounds!r}")
-    if variant == "pll" and rounds != 1:
-        raise ValueError(f"{_WHERE}: variant='pll' trains one student; rounds must be 1, got {rounds}")
-    for name, v, lo_open in (("lam", lam, True), ("temperature", temperature, True), ("gce_q", gce_q, True),
-                             ("grad_tol", grad_tol, True)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise ValueError(f"{_WHERE}: {name} must be a finite number > 0, got {v!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"{_WHERE}: max_iter must be an int >= 1, got {max_iter!r}")
-    x = _as_tensor(features, "features", dtype)
-    if x.dim() != 2:
-        raise ValueError(f"{_WHERE}: features must be (N, p), got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{_WHERE}: features have NaN or infinite entries")
-    n, p = x.shape
-    y = _as_tensor(noisy_labels, "noisy_labels", torch.int64, x.device)
-    if y.shape != (n,):
-        raise ValueError(f"{_WHERE}: noisy_labels must have shape ({n},), got {tuple(y.shape)}")
-    if n == 0:
-        raise ValueError(f"{_WHERE}: no training instances (N = 0)")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 2):
-        raise ValueError(f"{_WHERE}: num_classes must be an int >= 2, got {num_classes!r}")
-    k = max(int(y.max()) + 1, 2) if num_classes is None else num_classes
-    if int(y.min()) < 0 or int(y.max()) >= k:
-        raise ValueError(f"{_WHERE}: noisy_labels must lie in [0, {k})")
-    true = None
-    if true_labels is not None:
-        true = _as_tensor(true_labels, "true_labels", torch.int64, x.device)
-        if true.shape != (n,) or int(true.min()) < 0 or int(true.max()) >= k:
-            raise ValueError(f"{_WHERE}: true_labels must have shape ({n},) with classes in [0, {k})")
-
-    onehot = torch.nn.functional.one_hot(y, k).to(dtype)
-    outputs = torch.empty((rounds + 1, n, k), dtype=dtype, device=x.device)
-    tg = torch.empty_like(outputs)
-    weights = torch.empty((rounds + 1, p, k), dtype=dtype, device=x.device)
-    residuals = np.empty(rounds + 1)
-    grad_norms = np.empty(rounds + 1)
-    iterations = np.empty(rounds + 1, dtype=np.int64)
-    lam_e = lam * temperature ** 2
-    zero = torch.zeros((p, k), dtype=dtype, device=x.device)
-    for t in range(rounds + 1):
-        if t == 0:
-            target, loss, start = onehot, "ce", zero
-        elif variant == "sd":
-            target, loss, start = outputs[t - 1], "ce", zero
-        else:
-            target = partial_labels(outputs[0], 2)
-            loss = pll_loss
-            start = weights[0] if pll_warm_start else zero
-        w, g, it = _train(x, start, target, lam, temperature, loss, gce_q, grad_tol, max_iter)
-        out = torch.softmax(x @ w / temperature, dim=-1)
-        tg[t], outputs[t], weights[t] = target, out, w
-        grad_norms[t], iterations[t] = g, it
-        if loss == "ce":
-            fixed = torch.softmax(x @ (x.T @ (target - out)) / (n * lam_e), dim=-1)
-            residuals[t] = float((out - fixed).abs().max())
-        else:
-            residuals[t] = math.nan
-    pred = outputs.argmax(-1)
-    acc = clean = noisy = None
-    if true is not None:
-        correct = (pred == true).cpu().numpy()
-        is_noisy = (y != true).cpu().numpy()
-
-        def frac(mask):
-            return correct[:, mask].mean(1) if mask.any() else np.full(rounds + 1, np.nan)
-
-        acc, clean, noisy = correct.mean(1), frac(~is_noisy), frac(is_noisy)
-    return LinearProbeResult(outputs, pred, weights, tg, acc, clean, noisy, residuals, grad_norms, iterations)
+    _check_options(variant, optimizer, pll_loss, dtype, rounds, lam, temperature, gce_q, grad_tol, max_iter)
+    x, y, k, true = _check_data(features, noisy_labels, num_classes, true_labels, dtype)
+    res = _train_rounds(x, y, k, rounds, lam, temperature, variant, pll_loss, gce_q, pll_warm_start, grad_tol,
+                        max_iter)
+    return LinearProbeResult(*res[:4], *_accuracies(res[0].argmax(-1), y, true), *res[4:])

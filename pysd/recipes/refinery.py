@@ -7,7 +7,7 @@ in stage 2), ambiguity-aware (AWE) seed and sample weights, and the student obje
 features arrive in another order (e.g. from a shuffled loader).
 
 ``faithful=True`` reproduces the published code (github.com/Runqing-forMost/AML-KD) where
-its choices change results (see ``../shared/reference/amlkd.md`` §3.10):
+its choices change results:
 
 =============================  =====================================  ==========================================
 item                           faithful=True (as published)           faithful=False (default, as intended)
@@ -20,7 +20,7 @@ selection scope                per mini-batch of ``batch_size``       per class 
 =============================  =====================================  ==========================================
 
 Not reproduced in either mode: the trainable ``WeightNet`` (AWE form A), whose only published
-training signal drives every weight to 0 (amlkd.md §3.10 item 2); both modes use form B,
+training signal drives every weight to 0; both modes use form B,
 ``sigmoid(cos(h_i, mu_{y_i}))``, the sigmoid of a sample's cosine to its class centre.
 """
 
@@ -33,7 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _checks
 from ..ops.kd_loss import kd_loss
+from ..ops.knn_graph import knn_graph
+from ..ops.propagate import propagate
+from ..ops.selection import batch_small_loss_mask, gmm_clean_prob, small_loss_mask
 
 _SELECTIONS = ("batch", "class", "gmm")
 
@@ -65,13 +69,7 @@ class RefineResult:
 
 
 def _as_tensor(x, name: str, dtype=None) -> Tensor:
-    if isinstance(x, Tensor):
-        t = x.detach()
-    else:
-        try:
-            t = torch.as_tensor(x)
-        except Exception as exc:  # noqa: BLE001
-            raise TypeError(f"LabelRefinery: {name} must be a tensor or array, got {type(x).__name__}") from exc
+    t = _checks.array("LabelRefinery", name, x, sequences=True)[0].detach()
     return t.to(dtype) if dtype is not None else t
 
 
@@ -92,21 +90,6 @@ def awe_weights(features: Tensor, labels: Tensor, num_classes: int, centre_label
     mu = class_centres(features, labels if centre_labels is None else centre_labels, num_classes)
     cos = F.cosine_similarity(features, mu[labels], dim=1, eps=1e-12)
     return torch.sigmoid(cos)
-
-
-def batch_small_loss_mask(losses: Tensor, keep_ratio: float, batch_size: int, order: Optional[Tensor] = None) -> Tensor:
-    """The published rule: inside each mini-batch of ``batch_size`` (in ``order``, the order in which
-    samples were seen), keep the ``floor(keep_ratio * B)`` smallest losses.  Returns an ``(N,)`` bool mask
-    in dataset order."""
-    n = losses.shape[0]
-    order = torch.arange(n, device=losses.device) if order is None else order
-    mask = torch.zeros(n, dtype=torch.bool, device=losses.device)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        keep = int(keep_ratio * idx.numel())
-        if keep > 0:
-            mask[idx[torch.argsort(losses[idx], stable=True)[:keep]]] = True
-    return mask
 
 
 class LabelRefinery:
@@ -163,17 +146,13 @@ class LabelRefinery:
     # ------------------------------------------------------------------ pieces
 
     def _graph(self, features: Tensor, normalised: bool):
-        import pysd
-
-        return pysd.knn_graph(features, k=self.k, metric="cosine" if normalised else "ip", power=self.gamma,
+        return knn_graph(features, k=self.k, metric="cosine" if normalised else "ip", power=self.gamma,
                               symmetrize="sum", normalize="sym")
 
     def _propagate(self, features: Tensor, labels: Tensor, weights: Optional[Tensor], normalised: bool) -> Tensor:
         """``max(Z, 0)`` of the propagation (AML-KD takes its softmax and argmax)."""
-        import pysd
-
         graph = self._graph(features, normalised)
-        res = pysd.propagate(graph, labels, num_classes=self.num_classes, weights=weights, alpha=self.alpha,
+        res = propagate(graph, labels, num_classes=self.num_classes, weights=weights, alpha=self.alpha,
                              solver=self.solver, max_iter=self.max_iter, tol=self.tol)
         return torch.as_tensor(res.raw_scores).clamp_min(0.0)
 
@@ -247,13 +226,11 @@ class LabelRefinery:
             return self._estimated_noise
         if losses is None:
             return 0.0
-        import pysd
-
-        return float(1.0 - (torch.as_tensor(pysd.gmm_clean_prob(losses)) > 0.5).float().mean())
+        return float(1.0 - (torch.as_tensor(gmm_clean_prob(losses)) > 0.5).float().mean())
 
     def step(self, epoch: int, student_features, student_logits, teacher_features, noisy_labels, *,
              indices=None) -> RefineResult:
-        """One epoch's refinement (Steps 3-6 of amlkd.md).
+        """One epoch's refinement (Steps 3-6 of the AML-KD algorithm).
 
         Args:
             epoch: 0-based epoch number.
@@ -289,13 +266,9 @@ class LabelRefinery:
             order = idx if idx is not None else None
             clean = batch_small_loss_mask(losses, 1.0 - rate, self.batch_size, order)
         elif self.selection == "class":
-            import pysd
-
-            clean = torch.as_tensor(pysd.small_loss_mask(losses, noisy, 1.0 - rate, per_class=True))
+            clean = torch.as_tensor(small_loss_mask(losses, noisy, 1.0 - rate, per_class=True))
         else:
-            import pysd
-
-            clean = torch.as_tensor(pysd.gmm_clean_prob(losses)) > 0.5
+            clean = torch.as_tensor(gmm_clean_prob(losses)) > 0.5
         selected = torch.where(clean, noisy, zs.argmax(1))
 
         # Steps 4-5: AWE-weighted seeds, propagation over the stage's graph.

@@ -11,7 +11,8 @@
   :func:`superclass_groups`, :func:`deterministic_flips`.
 * :func:`krr_self_distillation`: kernel-ridge SD (Mobahi et al. 2020; Borup & Andersen 2021).
 
-The model, the derivations and the validation cases are in ``reference/sd_theory.md``.
+The model and its closed forms follow Jeong & Chung (arXiv 2402.10482); each function states the
+formulas it implements.
 """
 
 from .block import (MarginComparison, MinRounds, block_gram, block_sd_outputs, compare_margins, label_confusion,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
 import torch
+
+from .. import _checks
 
 
 def as_float64(x, name: str, where: str, ndim: Optional[int] = None) -> np.ndarray:
@@ -21,6 +22,18 @@ def as_float64(x, name: str, where: str, ndim: Optional[int] = None) -> np.ndarr
         raise ValueError(f"{where}: {name} must be {ndim}-D, got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{where}: {name} has NaN or infinite entries")
+    return arr
+
+
+def test_kernel(x, name: str, where: str, n: int) -> np.ndarray:
+    """``(M, N)`` kernel between test and training points (scikit-learn's orientation, as
+    ``pairwise_kernels(X_test, X_train)``) → float64 numpy; the pre-0.2 ``(N, M)`` layout is refused
+    with a hint (it cannot be told apart when ``M == N``, so it is never transposed silently)."""
+    arr = as_float64(x, name, where, ndim=2)
+    if arr.shape[1] != n:
+        hint = (f"; it looks like the old (N_train, M_test) layout: pass {name}.T"
+                if arr.shape[0] == n else "")
+        raise ValueError(f"{where}: {name} must have shape (M_test, N_train={n}), got {arr.shape}{hint}")
     return arr
 
 
@@ -40,7 +53,7 @@ def as_int_labels(x, name: str, where: str, n: int, num_classes: int) -> np.ndar
 
 def targets(labels, num_classes: int, where: str) -> np.ndarray:
     """Given labels → ``(N, K)`` float64 targets: one-hot for ``(N,)`` integers, or soft rows ``(N, K)``."""
-    check_int("num_classes", num_classes, where, lo=2)
+    _checks.integer(where, "num_classes", num_classes, lo=2)
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)
@@ -57,27 +70,6 @@ def targets(labels, num_classes: int, where: str) -> np.ndarray:
             raise ValueError(f"{where}: soft labels must be probability rows (non-negative, summing to 1)")
         return out
     raise ValueError(f"{where}: labels must be (N,) class indices or (N, K) soft labels, got shape {arr.shape}")
-
-
-def check_real(name: str, value, where: str, lo=None, lo_open=False, hi=None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{where}: {name} must be finite, got {value}")
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ValueError(f"{where}: {name} must be {'>' if lo_open else '>='} {lo}, got {value}")
-    if hi is not None and v > hi:
-        raise ValueError(f"{where}: {name} must be <= {hi}, got {value}")
-    return v
-
-
-def check_int(name: str, value, where: str, lo: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{where}: {name} must be an int, got {type(value).__name__}")
-    if value < lo:
-        raise ValueError(f"{where}: {name} must be >= {lo}, got {value}")
-    return int(value)
 
 
 def top_k_targets(scores: np.ndarray, k: int) -> np.ndarray:

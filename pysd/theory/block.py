@@ -1,6 +1,6 @@
 """Block-structured Gram matrices: the scalar closed form, the rounds condition, PLL vs SD margins.
 
-Block model (``reference/sd_theory.md`` §3): K classes of n instances each, instance
+Block model (Jeong & Chung, arXiv 2402.10482): K classes of n instances each, instance
 ``i`` in cluster ``i // n`` (the cluster is the true class), ``G_ii = 1``, ``G_ij = c``
 within a cluster and ``d`` across.  ``G`` has three eigenvalue levels, ``1 - c``
 (within-cluster zero-sum vectors), ``mu2 = 1 - c + n (c - d)`` (cluster indicators
@@ -19,15 +19,16 @@ from typing import Optional
 
 import numpy as np
 
-from ._inputs import as_float64, as_int_labels, check_int, check_real, targets, top_k_targets
+from .. import _checks
+from ._inputs import as_float64, as_int_labels, targets, top_k_targets
 from .closed_form import SDResult, _accuracies, _check_common, _scaled
 
 
 def _check_block(k, n, c, d, where):
-    k = check_int("K", k, where, lo=2)
-    n = check_int("n", n, where, lo=1)
-    c = check_real("c", c, where)
-    d = check_real("d", d, where)
+    k = _checks.integer(where, "K", k, lo=2)
+    n = _checks.integer(where, "n", n, lo=1)
+    c = _checks.real(where, "c", c)
+    d = _checks.real(where, "d", d)
     mu2 = 1.0 - c + n * (c - d)
     if 1.0 - c < 0 or mu2 < 0 or mu2 + k * n * d < 0:
         raise ValueError(f"{where}: the block Gram with c={c}, d={d}, n={n}, K={k} is not PSD "
@@ -43,7 +44,7 @@ def block_gram(K: int, n: int, c: float, d: float, *, eps: float = 0.0, seed: Op
     PSD and so uniqueness), diagonal kept at 1.  ``seed`` seeds numpy's default generator.
     """
     K, n, c, d = _check_block(K, n, c, d, "block_gram")
-    eps = check_real("eps", eps, "block_gram", lo=0.0)
+    eps = _checks.real("block_gram", "eps", eps, lo=0.0)
     cluster = np.repeat(np.arange(K), n)
     g = np.where(cluster[:, None] == cluster[None, :], c, d)
     if eps > 0:
@@ -60,8 +61,8 @@ def shrink_factors(K: int, n: int, c: float, d: float, lam: float, *, temperatur
     ``beta`` its cluster's average, ``gamma`` the global average.
     """
     K, n, c, d = _check_block(K, n, c, d, "shrink_factors")
-    lam = check_real("lam", lam, "shrink_factors", lo=0.0, lo_open=True)
-    temperature = check_real("temperature", temperature, "shrink_factors", lo=0.0, lo_open=True)
+    lam = _checks.real("shrink_factors", "lam", lam, lo=0.0, lo_open=True)
+    temperature = _checks.real("shrink_factors", "temperature", temperature, lo=0.0, lo_open=True)
     rho = K * K * n * lam * temperature ** 2
     mu3 = 1.0 - c
     mu2 = mu3 + n * (c - d)
@@ -137,7 +138,7 @@ def label_confusion(true_labels, given_labels, num_classes: int) -> np.ndarray:
     Rows of classes without instances are 0.
     """
     where = "label_confusion"
-    K = check_int("num_classes", num_classes, where, lo=2)
+    K = _checks.integer(where, "num_classes", num_classes, lo=2)
     true_arr = as_int_labels(true_labels, "true_labels", where, len(true_labels), K)
     given = as_int_labels(given_labels, "given_labels", where, true_arr.shape[0], K)
     counts = np.zeros((K, K))
@@ -178,7 +179,7 @@ class MinRounds:
 
 
 def min_rounds(confusion, n: int, c: float, d: float, lam: float, *, temperature: float = 1.0) -> MinRounds:
-    """Rounds of multi-round SD until every training label is corrected (block model, §3).
+    """Rounds of multi-round SD until every training label is corrected (block model).
 
     A noisy instance (true ``a``, given ``l``) is classified correctly at round ``t`` iff
     ``(beta/alpha)^(t+1) > 1 + 1/(m[a, a] - m[a, l])``; clean instances stay correct
@@ -236,7 +237,7 @@ class MarginComparison:
 
 
 def compare_margins(confusion) -> MarginComparison:
-    """PLL-vs-SD margins from the label-confusion matrix ``m`` (``reference/sd_theory.md`` §4).
+    """PLL-vs-SD margins from the label-confusion matrix ``m`` (Jeong & Chung, arXiv 2402.10482).
 
     The teacher's top-2 contain the true class of every instance (top-1 when clean,
     top-2 when noisy), so the PLL targets put ``m_pll[a, a] = 1/2`` and, on a wrong

@@ -1,6 +1,6 @@
 """``sd_outputs``: every round's outputs of multi-round self-distillation of a linear probe.
 
-Model (Jeong & Chung, arXiv 2402.10482; see ``reference/sd_theory.md``): a bias-free
+Model (Jeong & Chung, arXiv 2402.10482): a bias-free
 linear probe ``z_i = W x_i / tau`` on fixed features, trained on soft targets by
 ``(1/N) sum_i CE(t_i, softmax(z_i)) + (lam/2) ||W||_F^2``.  Round 0 (the teacher)
 trains on the given labels ``Y``; round ``t`` on the previous round's outputs
@@ -21,8 +21,9 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import scipy.linalg
 
+from .. import _checks
 from . import exact as _exact
-from ._inputs import as_float64, as_int_labels, check_int, check_real, targets, top_k_targets
+from ._inputs import as_float64, as_int_labels, targets, test_kernel, top_k_targets
 
 _WHERE = "sd_outputs"
 _MODES = ("linearized", "exact")
@@ -90,15 +91,15 @@ def _check_common(variant, mode, rounds, xi, lam, temperature, where):
         raise ValueError(f"{where}: variant must be one of {_VARIANTS}, got {variant!r}")
     if mode not in _MODES:
         raise ValueError(f"{where}: mode must be one of {_MODES}, got {mode!r}")
-    rounds = check_int("rounds", rounds, where)
-    xi = check_real("xi", xi, where)
+    rounds = _checks.integer(where, "rounds", rounds, lo=0)
+    xi = _checks.real(where, "xi", xi)
     if variant != "mix" and xi != 1.0:
         raise ValueError(f"{where}: xi is the mixing weight of variant='mix'; got xi={xi} with variant={variant!r}")
     if variant == "pll" and rounds != 1:
         raise ValueError(f"{where}: variant='pll' trains one student on the teacher's top-2 classes; "
                          f"rounds must be 1, got {rounds}")
-    lam = check_real("lam", lam, where, lo=0.0, lo_open=True)
-    temperature = check_real("temperature", temperature, where, lo=0.0, lo_open=True)
+    lam = _checks.real(where, "lam", lam, lo=0.0, lo_open=True)
+    temperature = _checks.real(where, "temperature", temperature, lo=0.0, lo_open=True)
     return rounds, xi, lam, temperature
 
 
@@ -114,7 +115,7 @@ def linear_rounds(apply_h: Callable[[np.ndarray], Tuple[np.ndarray, Optional[np.
     yc = y - 1.0 / k
     q = np.empty((rounds + 1, n, k))
     tg = np.empty((rounds + 1, n, k))
-    te = None if test_gram is None else np.empty((rounds + 1, test_gram.shape[1], k))
+    te = None if test_gram is None else np.empty((rounds + 1, test_gram.shape[0], k))
     tc = yc
     for t in range(rounds + 1):
         if t > 0:
@@ -127,8 +128,8 @@ def linear_rounds(apply_h: Callable[[np.ndarray], Tuple[np.ndarray, Optional[np.
         tg[t] = tc + 1.0 / k
         q[t], w = apply_h(tc)
         if te is not None:
-            # Test logits / K are G_te^T (T - P) / (K N lam_e) = G_te^T (G + rho I)^-1 Tc.
-            te[t] = 1.0 / k + test_gram.T @ w
+            # Test logits / K are G_te (T - P) / (K N lam_e) = G_te (G + rho I)^-1 Tc.
+            te[t] = 1.0 / k + test_gram @ w
     return q, tg, te
 
 
@@ -206,7 +207,8 @@ def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: i
         xi: mixing weight of ``"mix"`` (any real; ``xi = 0`` retrains on the labels).
         temperature: ``tau > 0``; teacher and student softmax at ``tau``, the same as
             ``lam -> lam tau^2``.
-        test_gram: optional ``(N, M)`` cross Gram ``X_train X_test^T``: adds ``test_outputs``.
+        test_gram: optional ``(M, N)`` cross Gram ``X_test X_train^T`` (scikit-learn's orientation, as
+            ``pairwise_kernels(X_test, X_train, metric="linear")``): adds ``test_outputs``.
         true_labels: optional ``(N,)`` true classes: adds the accuracies.
         kind: ``"auto"`` (a symmetric ``(N, N)`` input is a Gram matrix, anything else
             features), ``"gram"`` or ``"features"`` (e.g. for square symmetric features).
@@ -236,12 +238,10 @@ def sd_outputs(gram_or_features, labels, num_classes: int, lam: float, rounds: i
     source, mat = _gram_input(gram_or_features, n, kind, _WHERE)
     tg_test = None
     if test_gram is not None:
-        tg_test = as_float64(test_gram, "test_gram", _WHERE, ndim=2)
-        if tg_test.shape[0] != n:
-            raise ValueError(f"{_WHERE}: test_gram must have shape (N={n}, M), got {tg_test.shape}")
+        tg_test = test_kernel(test_gram, "test_gram", _WHERE, n)
     true = None if true_labels is None else as_int_labels(true_labels, "true_labels", _WHERE, n, k)
-    tol = check_real("tol", tol, _WHERE, lo=0.0, lo_open=True)
-    max_iter = check_int("max_iter", max_iter, _WHERE, lo=1)
+    tol = _checks.real(_WHERE, "tol", tol, lo=0.0, lo_open=True)
+    max_iter = _checks.integer(_WHERE, "max_iter", max_iter, lo=1)
     lam_e = lam * temperature ** 2
     rho = k * n * lam_e
     if mode == "linearized" and source == "features" and mat.shape[1] < n:
@@ -269,7 +269,7 @@ def _exact_rounds(gram, y, apply_h, lam_e, rounds, variant, xi, test_gram, tol, 
     outputs = np.empty((rounds + 1, n, k))
     centered = np.empty_like(outputs)
     tg = np.empty_like(outputs)
-    te = None if test_gram is None else np.empty((rounds + 1, test_gram.shape[1], k))
+    te = None if test_gram is None else np.empty((rounds + 1, test_gram.shape[0], k))
     residuals = np.empty(rounds + 1)
     for t in range(rounds + 1):
         if t == 0:
@@ -297,5 +297,5 @@ def _exact_rounds(gram, y, apply_h, lam_e, rounds, variant, xi, test_gram, tol, 
         centered[t] = _scaled(r.logits - r.logits.mean(1, keepdims=True))
         residuals[t] = r.residual
         if te is not None:
-            te[t] = _exact.softmax_rows(test_gram.T @ r.coef)
+            te[t] = _exact.softmax_rows(test_gram @ r.coef)
     return outputs, centered, tg, te, residuals

@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 import scipy.linalg
 
-from ._inputs import as_float64, check_real
+from .. import _checks
+from ._inputs import as_float64
 
 
 def softmax_rows(s: np.ndarray) -> np.ndarray:
@@ -60,8 +61,8 @@ def fixed_point_residual(gram, targets, outputs, lam: float, *, temperature: flo
     if g.shape != (n, n) or t.shape[0] != n or p.shape != t.shape:
         raise ValueError(f"{where}: need gram (N, N) and targets, outputs (N, K); got {g.shape}, {t.shape}, "
                          f"{p.shape}")
-    lam = check_real("lam", lam, where, lo=0.0, lo_open=True)
-    temperature = check_real("temperature", temperature, where, lo=0.0, lo_open=True)
+    lam = _checks.real(where, "lam", lam, lo=0.0, lo_open=True)
+    temperature = _checks.real(where, "temperature", temperature, lo=0.0, lo_open=True)
     return _residual(g, t, p, lam * temperature ** 2)
 
 

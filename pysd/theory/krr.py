@@ -15,7 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from ._inputs import as_float64, check_int, check_real
+from .. import _checks
+from ._inputs import as_float64, test_kernel
 
 
 @dataclass
@@ -23,11 +24,11 @@ class KRRResult:
     """Result of :func:`krr_self_distillation` (float64 numpy; ``R`` = rounds, ``y`` of shape ``(N,)`` or ``(N, D)``).
 
     train: ``(R+1,) + y.shape`` fitted values per round.
-    test: ``(R+1, M) + y.shape[1:]`` predictions ``k_x^T (K + lam I)^-1 target_t`` when ``K_test`` was given.
+    test: ``(R+1, M) + y.shape[1:]`` predictions ``K_test (K + lam I)^-1 target_t`` when ``K_test`` was given.
     gains: ``(R+1, N)`` the spectral gains ``B_t`` per eigenvector of ``K``.
     eigenvalues: ``(N,)`` of ``K`` (ascending).
     limit_train, limit_test: the ``t -> inf`` fit ``alpha K (alpha K + lam I)^-1 y`` (and its
-        test predictions ``alpha K_test^T (alpha K + lam I)^-1 y``); 0 when ``alpha = 0``.
+        test predictions ``alpha K_test (alpha K + lam I)^-1 y``); 0 when ``alpha = 0``.
     """
 
     train: np.ndarray
@@ -47,7 +48,8 @@ def krr_self_distillation(K, y, lam: float, rounds: int, alpha: float = 0.0, K_t
         lam: ridge ``> 0``.
         rounds: students after the first fit (``R >= 0``).
         alpha: weight of the original targets in every student's target, ``0 <= alpha <= 1``.
-        K_test: optional ``(N, M)`` kernel between training and test inputs.
+        K_test: optional ``(M, N)`` kernel between test and training inputs (scikit-learn's orientation:
+            ``sklearn.metrics.pairwise.rbf_kernel(X_test, X_train)``, as ``KernelRidge.predict`` uses).
     """
     where = "krr_self_distillation"
     kern = as_float64(K, "K", where, ndim=2)
@@ -57,14 +59,12 @@ def krr_self_distillation(K, y, lam: float, rounds: int, alpha: float = 0.0, K_t
     yy = as_float64(y, "y", where)
     if yy.ndim not in (1, 2) or yy.shape[0] != n:
         raise ValueError(f"{where}: y must have shape ({n},) or ({n}, D), got {yy.shape}")
-    lam = check_real("lam", lam, where, lo=0.0, lo_open=True)
-    rounds = check_int("rounds", rounds, where)
-    alpha = check_real("alpha", alpha, where, lo=0.0, hi=1.0)
+    lam = _checks.real(where, "lam", lam, lo=0.0, lo_open=True)
+    rounds = _checks.integer(where, "rounds", rounds, lo=0)
+    alpha = _checks.real(where, "alpha", alpha, lo=0.0, hi=1.0)
     kt = None
     if K_test is not None:
-        kt = as_float64(K_test, "K_test", where, ndim=2)
-        if kt.shape[0] != n:
-            raise ValueError(f"{where}: K_test must have shape (N={n}, M), got {kt.shape}")
+        kt = test_kernel(K_test, "K_test", where, n)
     d, v = np.linalg.eigh(0.5 * (kern + kern.T))
     if d[0] < -1e-10 * max(abs(d[-1]), 1.0):
         raise ValueError(f"{where}: K is not positive semi-definite (smallest eigenvalue {d[0]:.3g})")
@@ -82,8 +82,8 @@ def krr_self_distillation(K, y, lam: float, rounds: int, alpha: float = 0.0, K_t
     test = limit_test = None
     if kt is not None:
         # Round t's target in the eigenbasis has gain c_t (c_0 = 1, c_t = alpha + (1-alpha) B_{t-1});
-        # the test prediction applies K_test^T (K + lam I)^-1 to it.
+        # the test prediction applies K_test (K + lam I)^-1 to it.
         c = np.concatenate([np.ones((1, n)), alpha + (1.0 - alpha) * gains[:-1]])
-        test = np.stack([kt.T @ (v @ ((ct / (d + lam))[expand] * coef)) for ct in c])
-        limit_test = kt.T @ (v @ ((alpha / (alpha * d + lam))[expand] * coef))
+        test = np.stack([kt @ (v @ ((ct / (d + lam))[expand] * coef)) for ct in c])
+        limit_test = kt @ (v @ ((alpha / (alpha * d + lam))[expand] * coef))
     return KRRResult(train, test, gains, d, limit_train, limit_test)

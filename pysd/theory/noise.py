@@ -12,11 +12,12 @@ from typing import Optional
 
 import numpy as np
 
-from ._inputs import as_float64, as_int_labels, check_int, check_real
+from .. import _checks
+from ._inputs import as_float64, as_int_labels
 
 
 def _labels(labels, num_classes, where):
-    k = check_int("num_classes", num_classes, where, lo=2)
+    k = _checks.integer(where, "num_classes", num_classes, lo=2)
     return as_int_labels(labels, "labels", where, len(labels), k), k
 
 
@@ -29,7 +30,7 @@ def _sample_rows(transition: np.ndarray, labels: np.ndarray, rng) -> np.ndarray:
 def symmetric_noise(labels, num_classes: int, eta: float, *, seed: Optional[int] = None) -> np.ndarray:
     """Each label flips with probability ``eta`` to one of the other ``K - 1`` classes, uniformly."""
     y, k = _labels(labels, num_classes, "symmetric_noise")
-    eta = check_real("eta", eta, "symmetric_noise", lo=0.0, hi=1.0)
+    eta = _checks.real("symmetric_noise", "eta", eta, lo=0.0, hi=1.0)
     t = np.full((k, k), eta / (k - 1))
     np.fill_diagonal(t, 1.0 - eta)
     return _sample_rows(t, y, np.random.default_rng(seed))
@@ -38,8 +39,8 @@ def symmetric_noise(labels, num_classes: int, eta: float, *, seed: Optional[int]
 def asymmetric_transition(num_classes: int, eta: float) -> np.ndarray:
     """``(K, K)`` transition matrix of the asymmetric noise: ``eta/K`` to every class, another
     ``eta/K`` to class ``(k + 1) mod K``, the rest kept: diagonal ``1 - eta``, so ``eta`` is the flip rate."""
-    k = check_int("num_classes", num_classes, "asymmetric_transition", lo=2)
-    eta = check_real("eta", eta, "asymmetric_transition", lo=0.0, hi=1.0)
+    k = _checks.integer("asymmetric_transition", "num_classes", num_classes, lo=2)
+    eta = _checks.real("asymmetric_transition", "eta", eta, lo=0.0, hi=1.0)
     t = np.full((k, k), eta / k)
     t[np.arange(k), (np.arange(k) + 1) % k] += eta / k
     t[np.arange(k), np.arange(k)] += 1.0 - eta - eta / k
@@ -64,7 +65,7 @@ def superclass_noise(labels, superclass, eta: float, *, seed: Optional[int] = No
     if groups.ndim != 1 or groups.size < 2 or not np.issubdtype(groups.dtype, np.integer):
         raise ValueError(f"{where}: superclass must be a (K,) integer array with K >= 2, got {groups.shape}")
     y, k = _labels(labels, groups.size, where)
-    eta = check_real("eta", eta, where, lo=0.0, hi=1.0)
+    eta = _checks.real(where, "eta", eta, lo=0.0, hi=1.0)
     same = groups[:, None] == groups[None, :]
     size = same.sum(1)
     t = np.where(same, eta / np.maximum(size - 1, 1)[:, None], 0.0)
@@ -87,7 +88,7 @@ def superclass_groups(features, labels, num_classes: int, num_groups: int) -> np
     y, k = _labels(labels, num_classes, where)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"{where}: features have {x.shape[0]} rows but labels have {y.shape[0]}")
-    g = check_int("num_groups", num_groups, where, lo=1)
+    g = _checks.integer(where, "num_groups", num_groups, lo=1)
     if g > k:
         raise ValueError(f"{where}: num_groups must be <= num_classes={k}, got {g}")
     counts = np.bincount(y, minlength=k)
@@ -111,9 +112,9 @@ def deterministic_flips(num_classes: int, n: int, f: int):
     label frequencies are uniform.
     """
     where = "deterministic_flips"
-    k = check_int("num_classes", num_classes, where, lo=2)
-    n = check_int("n", n, where, lo=1)
-    f = check_int("f", f, where)
+    k = _checks.integer(where, "num_classes", num_classes, lo=2)
+    n = _checks.integer(where, "n", n, lo=1)
+    f = _checks.integer(where, "f", f, lo=0)
     if (k - 1) * f > n:
         raise ValueError(f"{where}: (K-1) f = {(k - 1) * f} flips exceed the cluster size n = {n}")
     true = np.repeat(np.arange(k, dtype=np.int64), n)

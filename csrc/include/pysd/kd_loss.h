@@ -18,7 +18,7 @@
 #include "pysd/common.h"
 
 namespace pysd {
-namespace kd {
+namespace kd_loss {
 
 enum Divergence : int { kFKL = 0, kRKL = 1, kJSD = 2 };
 enum TeacherFormat : int { kNoTeacher = -1, kLogits = 0, kProbs = 1, kLogProbs = 2 };
@@ -135,14 +135,10 @@ struct Row {
   A log_sz = 0, log_su = 0, divergence = 0;  // needed by the rkl/jsd passes
 };
 
-// log p_j and log q_j of one entry, from the raw values and row totals.
+// log q_j of one entry, from the raw values and row totals.
 template <typename A>
 PYSD_HD A log_q(A s, A ms, A inv_t, A log_sz) { return (s - ms) * inv_t - log_sz; }
 
-template <typename A>
-PYSD_HD A log_p(const Config& c, A t, A mt, A inv_t, A log_su) {
-  return c.teacher_format == kProbs ? flog(t) : (t - mt) * inv_t - log_su;
-}
 
 // Per-entry divergence term for rkl and jsd, given q_j, p_j and their logs.
 // rkl:  D = sum q (log q - log p);  f = log q - log p
@@ -242,5 +238,17 @@ PYSD_HD A grad_elem(const Row<A>& r, A ez, A e1, A p, A f) {
   return g;
 }
 
-}  // namespace kd
+
+// Launchers: csrc/cpu/kd_loss.cpp (OpenMP over rows) and csrc/cuda/kd_loss.cu
+// (enqueued on `stream`, a cudaStream_t as an integer; CUDA errors throw std::runtime_error).
+void run_cpu(const Config& c, const Args<float, float>& a);
+void run_cpu(const Config& c, const Args<double, double>& a);
+void run_cpu(const Config& c, const Args<bf16_t, float>& a);
+void run_cpu(const Config& c, const Args<f16_t, float>& a);
+void run_cuda(const Config& c, const Args<float, float>& a, uintptr_t stream);
+void run_cuda(const Config& c, const Args<double, double>& a, uintptr_t stream);
+void run_cuda(const Config& c, const Args<bf16_t, float>& a, uintptr_t stream);
+void run_cuda(const Config& c, const Args<f16_t, float>& a, uintptr_t stream);
+
+}  // namespace kd_loss
 }  // namespace pysd

@@ -13,10 +13,7 @@
 #include "pysd/common.h"
 
 namespace pysd {
-namespace knn {
-
-// Sentinel of an empty slot: worse than every finite candidate.
-constexpr int32_t kNoIndex = 0x7fffffff;
+namespace knn_graph {
 
 template <typename A>
 PYSD_HD bool better(A s, int32_t j, A s_other, int32_t j_other) {
@@ -61,7 +58,8 @@ struct Tile {
   bool exclude_self = true;
 };
 
-// The running (N, k) lists, best first.
+// The running (N, k) lists, best first.  The caller fills empty slots with
+// (-inf, INT32_MAX), worse than every finite candidate (pysd/_codes.py NO_INDEX).
 template <typename A>
 struct Lists {
   A* sims = nullptr;
@@ -69,5 +67,12 @@ struct Lists {
   int64_t k = 0;
 };
 
-}  // namespace knn
+// Launchers: merge one tile of X X^T into the running top-k lists.  CPU: row and column
+// passes (OpenMP inside).  CUDA: row pass only, t.col_from must equal t.j1 (see knn_graph.cu).
+void merge_cpu(const Tile<float>& t, const Lists<float>& l);
+void merge_cpu(const Tile<double>& t, const Lists<double>& l);
+void merge_cuda(const Tile<float>& t, const Lists<float>& l, uintptr_t stream);
+void merge_cuda(const Tile<double>& t, const Lists<double>& l, uintptr_t stream);
+
+}  // namespace knn_graph
 }  // namespace pysd

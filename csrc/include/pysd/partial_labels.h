@@ -18,7 +18,7 @@
 #include "pysd/common.h"
 
 namespace pysd {
-namespace pll {
+namespace partial_labels {
 
 // Options shared by every row.
 struct Config {
@@ -86,5 +86,16 @@ PYSD_HD A out_value(const Config& c, A value, A mass) {
   return (c.renormalize && mass > A(0)) ? value / mass : A(1) / A(c.k);
 }
 
-}  // namespace pll
+
+// Launchers: csrc/cpu/partial_labels.cpp (OpenMP over rows) and csrc/cuda/partial_labels.cu.
+void run_cpu(const Config& c, const Args<float>& a);
+void run_cpu(const Config& c, const Args<double>& a);
+void run_cpu(const Config& c, const Args<bf16_t>& a);
+void run_cpu(const Config& c, const Args<f16_t>& a);
+void run_cuda(const Config& c, const Args<float>& a, uintptr_t stream);
+void run_cuda(const Config& c, const Args<double>& a, uintptr_t stream);
+void run_cuda(const Config& c, const Args<bf16_t>& a, uintptr_t stream);
+void run_cuda(const Config& c, const Args<f16_t>& a, uintptr_t stream);
+
+}  // namespace partial_labels
 }  // namespace pysd

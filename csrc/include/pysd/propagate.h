@@ -12,6 +12,8 @@
 // (x0 = 0, stop when ||r|| < tol * ||b||, checked before each iteration).
 #pragma once
 
+#include <utility>
+
 #include "pysd/common.h"
 
 #if defined(__CUDA_ARCH__) || !defined(_OPENMP)
@@ -21,7 +23,10 @@
 #endif
 
 namespace pysd {
-namespace prop {
+namespace propagate {
+
+// Solver codes (pysd._codes.Solver mirrors them; a test checks the two agree).
+enum Solver : int { kCg = 0, kIterate = 1 };
 
 template <typename T>
 struct Csr {
@@ -219,5 +224,22 @@ PYSD_HD RowOut<A> row_finish(const RowStats<A>& s, A given_value, int64_t cols) 
   return o;
 }
 
-}  // namespace prop
+
+// Launchers: csrc/cpu/propagate.cpp (the whole solve in one OpenMP region) and
+// csrc/cuda/propagate.cu (the host waits for the stream once, at the end of the solve, for
+// the iteration count and, for iterate, the rows whose argmax flipped in the last step).
+void cg_cpu(const Csr<float>& g, const CgArgs<float>& a, int64_t* iterations);
+void cg_cpu(const Csr<double>& g, const CgArgs<double>& a, int64_t* iterations);
+void iterate_cpu(const Csr<float>& g, const IterArgs<float>& a, int64_t* iterations, int64_t* flips);
+void iterate_cpu(const Csr<double>& g, const IterArgs<double>& a, int64_t* iterations, int64_t* flips);
+void post_cpu(const Csr<float>& g, const PostArgs<float>& a);
+void post_cpu(const Csr<double>& g, const PostArgs<double>& a);
+int64_t cg_cuda(const Csr<float>& g, const CgArgs<float>& a, uintptr_t stream);
+int64_t cg_cuda(const Csr<double>& g, const CgArgs<double>& a, uintptr_t stream);
+std::pair<int64_t, int64_t> iterate_cuda(const Csr<float>& g, const IterArgs<float>& a, uintptr_t stream);
+std::pair<int64_t, int64_t> iterate_cuda(const Csr<double>& g, const IterArgs<double>& a, uintptr_t stream);
+void post_cuda(const Csr<float>& g, const PostArgs<float>& a, uintptr_t stream);
+void post_cuda(const Csr<double>& g, const PostArgs<double>& a, uintptr_t stream);
+
+}  // namespace propagate
 }  // namespace pysd

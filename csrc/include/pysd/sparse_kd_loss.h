@@ -36,14 +36,14 @@
 #include "pysd/kd_loss.h"
 
 namespace pysd {
-namespace skd {
+namespace sparse_kd_loss {
 
-using kd::kFKL;
-using kd::kJSD;
-using kd::kRKL;
+using kd_loss::kFKL;
+using kd_loss::kJSD;
+using kd_loss::kRKL;
 
 enum Tail : int { kRenormalize = 0, kBucket = 1, kUniform = 2 };
-// Same codes as kd::TeacherFormat.
+// Same codes as kd_loss::TeacherFormat.
 enum Format : int { kLogits = 0, kProbs = 1, kLogProbs = 2 };
 // Kernel phases: kFused runs every step on whole rows; the others are the
 // piecewise entry points (see the comment at the top).
@@ -212,7 +212,7 @@ struct Coef {
   }
 };
 
-// jsd per-atom term, as kd::div_elem with divergence = jsd: returns f, adds to d.
+// jsd per-atom term, as kd_loss::div_elem with divergence = jsd: returns f, adds to d.
 template <typename A>
 PYSD_HD A jsd_elem(A beta, A q, A lq, A p, A lp, A& d) {
   const A a = flog(beta) + lp, b = flog(A(1) - beta) + lq;
@@ -397,11 +397,11 @@ PYSD_HD A apply_elem(const Config& c, const Coef<A>& co, A inv_t, A s, A ez, A e
   return v;
 }
 
-}  // namespace skd
+}  // namespace sparse_kd_loss
 }  // namespace pysd
 
 namespace pysd {
-namespace skd {
+namespace sparse_kd_loss {
 
 // Raw pointers of one call.  `student` points at class v0 of row 0 (a piece
 // of width c.width); ids / vals are (rows, k) contiguous; the per-row arrays
@@ -419,5 +419,23 @@ struct Args {
   A* stats = nullptr; A* gathered = nullptr; A* coef = nullptr; A* delta = nullptr;
 };
 
-}  // namespace skd
+}  // namespace sparse_kd_loss
+}  // namespace pysd
+
+namespace pysd {
+namespace sparse_kd_loss {
+
+// Launchers: csrc/cpu/sparse_kd_loss.cpp (every phase, OpenMP over rows) and
+// csrc/cuda/sparse_kd_loss.cu (the fused phase only, enqueued on `stream`, a
+// cudaStream_t as an integer; CUDA errors throw std::runtime_error).
+void run_cpu(const Config& c, int phase, const Args<float, float>& a);
+void run_cpu(const Config& c, int phase, const Args<double, double>& a);
+void run_cpu(const Config& c, int phase, const Args<bf16_t, float>& a);
+void run_cpu(const Config& c, int phase, const Args<f16_t, float>& a);
+void run_cuda(const Config& c, int phase, const Args<float, float>& a, uintptr_t stream);
+void run_cuda(const Config& c, int phase, const Args<double, double>& a, uintptr_t stream);
+void run_cuda(const Config& c, int phase, const Args<bf16_t, float>& a, uintptr_t stream);
+void run_cuda(const Config& c, int phase, const Args<f16_t, float>& a, uintptr_t stream);
+
+}  // namespace sparse_kd_loss
 }  // namespace pysd

@@ -11,9 +11,9 @@
 #include "pysd/common.h"
 
 namespace pysd {
-namespace topk {
+namespace topk_teacher {
 
-enum Format : int { kLogits = 0, kProbs = 1, kLogProbs = 2 };  // same codes as kd::TeacherFormat
+enum Format : int { kLogits = 0, kProbs = 1, kLogProbs = 2 };  // same codes as kd_loss::TeacherFormat
 
 struct Config {
   int64_t rows = 0, cols = 0, k = 0;
@@ -80,5 +80,16 @@ PYSD_HD A value(int format, A x, A m, A inv_t, A log_sum) {
   return z - log_sum;
 }
 
-}  // namespace topk
+// Launchers: csrc/cpu/topk_teacher.cpp (OpenMP over rows) and csrc/cuda/topk_teacher.cu
+// (enqueued on `stream`, a cudaStream_t as an integer; CUDA errors throw std::runtime_error).
+void run_cpu(const Config& c, const Args<float, float>& a);
+void run_cpu(const Config& c, const Args<double, double>& a);
+void run_cpu(const Config& c, const Args<bf16_t, float>& a);
+void run_cpu(const Config& c, const Args<f16_t, float>& a);
+void run_cuda(const Config& c, const Args<float, float>& a, uintptr_t stream);
+void run_cuda(const Config& c, const Args<double, double>& a, uintptr_t stream);
+void run_cuda(const Config& c, const Args<bf16_t, float>& a, uintptr_t stream);
+void run_cuda(const Config& c, const Args<f16_t, float>& a, uintptr_t stream);
+
+}  // namespace topk_teacher
 }  // namespace pysd

@@ -1,0 +1,29 @@
+"""knn_graph through the extension binding ``knn_graph`` (one tile merge, csrc/bind/knn_graph.h)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from .._codes import DTYPE_NAMES, stream
+from .._ref.knn_graph import tiled_topk
+
+
+def merge(ext, tile: Tensor, i0: int, i1: int, j0: int, j1: int, col_from: int, sqnorm: Optional[Tensor],
+          exclude_self: bool, sims: Tensor, idx: Tensor) -> None:
+    """Merges ``tile`` (rows ``i0..i1`` x columns ``j0..j1`` of X X^T) into the ``(N, k)`` lists; the
+    transposed pass runs for columns ``>= col_from`` (``col_from = j1``: none; the GPU has none)."""
+    ext.knn_graph(dtype=DTYPE_NAMES[tile.dtype], dots=tile.data_ptr(), ld=tile.stride(0), i0=i0, i1=i1, j0=j0,
+                  j1=j1, col_from=col_from, sqnorm=0 if sqnorm is None else sqnorm.data_ptr(),
+                  exclude_self=exclude_self, sims=sims.data_ptr(), idx=idx.data_ptr(), k=sims.shape[1],
+                  stream=stream(tile))
+
+
+def backend(ext, x, sqnorm, k, exclude_self, tile_rows, tile_cols):
+    """``(indices int32 (N, k), similarities (N, k))``, same contract as ``pysd._ref.knn_graph.backend``."""
+    def run(*args):
+        merge(ext, *args)
+
+    # The GPU kernel has no transposed pass (see csrc/cuda/knn_graph.cu).
+    return tiled_topk(x, sqnorm, k, exclude_self, tile_rows, tile_cols, run, symmetric=not x.is_cuda)
