@@ -14,7 +14,8 @@ template <typename Launch>
 void def(pybind11::module_& m, Launch launch) {
   namespace py = pybind11;
   using bind::ptr;
-  bind::export_codes(m, "sparse_kd_loss.Tail", {{"RENORMALIZE", kRenormalize}, {"BUCKET", kBucket}, {"UNIFORM", kUniform}});
+  bind::export_codes(m, "sparse_kd_loss.Tail",
+                     {{"RENORMALIZE", kRenormalize}, {"BUCKET", kBucket}, {"UNIFORM", kUniform}});
   bind::export_codes(m, "sparse_kd_loss.Phase", {{"FUSED", kFused}, {"STATS", kStats}, {"JSD_TAIL", kJsdTail},
                                                  {"FINALIZE", kFinalize}, {"APPLY", kApply}});
   m.def(

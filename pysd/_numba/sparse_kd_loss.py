@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._codes import Divergence, Tail, TeacherFormat
-from . import CACHE
+from . import CACHE, match_torch_threads
 
 FKL, RKL, JSD = int(Divergence.FKL), int(Divergence.RKL), int(Divergence.JSD)
 LOGITS, PROBS, LOGPROBS = int(TeacherFormat.LOGITS), int(TeacherFormat.PROBS), int(TeacherFormat.LOGPROBS)
@@ -321,6 +321,7 @@ def backend(student, indices, values, target, weight, grad_scale, *, compute_gra
     y = torch.empty(0, dtype=torch.int64) if target is None else target
     w = torch.empty(0, dtype=acc) if weight is None else weight.to(acc)
     if n > 0:
+        match_torch_threads()
         _sparse_rows(s.numpy(), indices.numpy(), values.to(acc).numpy(), y.numpy(), w.numpy(), float(grad_scale),
                      grad.numpy(), rows.numpy(), target is not None, compute_grad, format, tail, retemper, divergence,
                      beta, temperature, soft_coef, hard_weight, label_smoothing, ignore_index)

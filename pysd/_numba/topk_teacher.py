@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .._codes import TeacherFormat
-from . import CACHE
+from . import CACHE, match_torch_threads
 
 LOGITS, PROBS = int(TeacherFormat.LOGITS), int(TeacherFormat.PROBS)
 
@@ -81,5 +81,6 @@ def backend(logits: torch.Tensor, k: int, temperature: float, format: int):
     ids = torch.empty(n, k, dtype=torch.int64)
     vals = torch.empty(n, k, dtype=acc)
     if n > 0:
+        match_torch_threads()
         _topk_rows(x.numpy(), k, 1.0 / temperature, format, ids.numpy(), vals.numpy())
     return ids, vals

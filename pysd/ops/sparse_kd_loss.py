@@ -189,7 +189,8 @@ def sparse_kd_plan(teacher: SparseTeacher, vocab: int, target: Optional[Tensor] 
     w = None if weight is None else weight.detach().reshape(n).to(acc).contiguous()
     options = dict(format=int(TeacherFormat[teacher.format.upper()]), tail=int(Tail[teacher.tail.upper()]),
                    retemper=teacher.temperature / temperature, divergence=int(div), beta=o["beta"],
-                   temperature=temperature, soft_coef=o["soft_weight"] * (temperature * temperature if scale_t2 else 1.0),
+                   temperature=temperature,
+                   soft_coef=o["soft_weight"] * (temperature * temperature if scale_t2 else 1.0),
                    hard_weight=hard_weight, label_smoothing=o["label_smoothing"], ignore_index=ignore_index)
     return SparsePlan(vocab, ids.to(torch.int64).contiguous(), teacher.values.detach().reshape(n, teacher.k).to(acc)
                       .contiguous(), y, w, _grad_scale(red, n, y, w, ignore_index, normalizer, device), options,
