@@ -106,7 +106,7 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line(f"measured copy bandwidth: {META['copy_gbs']:.1f} GB/s   threads: {torch.get_num_threads()}")
     for group, impls in RESULTS.items():
         tr.write_line(f"\n[{group}]")
-        baselines = [b for b in impls if any(b.startswith(p) for p in ("eager", "compile", "scipy", "faiss",
+        baselines = [b for b in impls if any(b.startswith(p) for p in ("eager", "compile", "liger", "scipy", "faiss",
                                                                            "sklearn", "lbfgs"))]
         header = f"  {'impl':<22}{'time (ms)':>12}" + "".join(f"{'vs ' + b:>22}" for b in baselines)
         tr.write_line(header + "   extra")

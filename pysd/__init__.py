@@ -23,6 +23,10 @@ from ._backend import BackendError
 _backend.warn_if_cpp_missing()
 
 from .ops.kd_loss import kd_loss  # noqa: E402
+from .sparse_teacher import SparseTeacher  # noqa: E402
+from .ops import sparse_kd_loss as _sparse_kd_loss  # noqa: E402,F401  (registers pysd::sparse_kd_loss)
+from .ops.topk_teacher import topk_teacher  # noqa: E402
+from .ops.fused_linear_kd_loss import fused_linear_kd_loss  # noqa: E402
 from .ops.partial_labels import partial_labels  # noqa: E402
 from .ops.knn_graph import knn_graph  # noqa: E402
 from .graph import Graph  # noqa: E402
@@ -52,5 +56,6 @@ def info() -> dict:
     return _backend.info()
 
 
-__all__ = ["kd_loss", "partial_labels", "knn_graph", "Graph", "propagate", "Propagation", "small_loss_mask",
+__all__ = ["kd_loss", "SparseTeacher", "topk_teacher", "fused_linear_kd_loss", "partial_labels", "knn_graph", "Graph",
+           "propagate", "Propagation", "small_loss_mask",
            "gmm_clean_prob", "nn", "theory", "recipes", "distributed", "info", "BackendError", "__version__"]

@@ -48,9 +48,28 @@ class Solver(IntEnum):
     ITERATE = 1
 
 
+class Tail(IntEnum):
+    """``SparseTeacher(tail=...)``: ``pysd::sparse_kd_loss::Tail`` (the mass outside the top-k)."""
+
+    RENORMALIZE = 0
+    BUCKET = 1
+    UNIFORM = 2
+
+
+class Phase(IntEnum):
+    """The steps of ``pysd::sparse_kd_loss`` (``pysd::sparse_kd_loss::Phase``; internal)."""
+
+    FUSED = 0
+    STATS = 1
+    JSD_TAIL = 2
+    FINALIZE = 3
+    APPLY = 4
+
+
 # The IntEnums the extension modules mirror, by the key of their ``codes`` dict.
 EXPORTED: Dict[str, Type[IntEnum]] = {"kd_loss.Divergence": Divergence, "kd_loss.TeacherFormat": TeacherFormat,
-                                      "propagate.Solver": Solver}
+                                      "propagate.Solver": Solver, "sparse_kd_loss.Tail": Tail,
+                                      "sparse_kd_loss.Phase": Phase}
 
 
 def code(enum: Type[IntEnum], name: str) -> IntEnum:

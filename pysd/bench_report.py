@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .io import InputError
 
-BASELINE_PREFIXES = ("eager", "compile", "scipy", "faiss", "sklearn", "lbfgs", "torch", "dense", "naive", "numpy")
+BASELINE_PREFIXES = ("eager", "compile", "liger", "scipy", "faiss", "sklearn", "lbfgs", "torch", "dense", "naive", "numpy")
 NEEDS = {"pytest": "pytest", "pytest_benchmark": "pytest-benchmark", "faiss": "faiss-cpu"}
 OUTPUTS = ("bench_results.md", "bench_speedups.png", "bench_results.json")
 

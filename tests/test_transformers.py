@@ -124,8 +124,6 @@ def test_readme_section_runs(tmp_path, monkeypatch):
     assert scope["trainer"].state.global_step > 0
 
 
-@pytest.mark.skipif(not hasattr(pysd, "fused_linear_kd_loss"),
-                    reason="pysd.fused_linear_kd_loss arrives with issue 11 (branch llm); remove this mark then")
 def test_fused_path_equals_dense_path(tmp_path):
     teacher, student = tiny_llama(5, hidden=48, layers=2), tiny_llama(6)
     args = _args(tmp_path, gradient_accumulation_steps=2)

@@ -7,6 +7,8 @@
 #include "../bind/knn_graph.h"
 #include "../bind/partial_labels.h"
 #include "../bind/propagate.h"
+#include "../bind/sparse_kd_loss.h"
+#include "../bind/topk_teacher.h"
 #include "simd.h"
 
 namespace py = pybind11;
@@ -17,6 +19,8 @@ PYBIND11_MODULE(_C, m) {
   pysd::knn_graph::def_cpu(m);
   pysd::partial_labels::def_cpu(m);
   pysd::propagate::def_cpu(m);
+  pysd::sparse_kd_loss::def_cpu(m);
+  pysd::topk_teacher::def_cpu(m);
   // OpenMP's team size is a per-thread setting: pysd._backend calls this with
   // torch.get_num_threads() before every launch, from the launching thread, so
   // the kernels follow torch.set_num_threads in any thread (DataLoader workers,

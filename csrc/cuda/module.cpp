@@ -6,6 +6,8 @@
 #include "../bind/knn_graph.h"
 #include "../bind/partial_labels.h"
 #include "../bind/propagate.h"
+#include "../bind/sparse_kd_loss.h"
+#include "../bind/topk_teacher.h"
 #include "runtime.h"
 
 namespace py = pybind11;
@@ -16,6 +18,8 @@ PYBIND11_MODULE(_C_cuda, m) {
   pysd::knn_graph::def_cuda(m);
   pysd::partial_labels::def_cuda(m);
   pysd::propagate::def_cuda(m);
+  pysd::sparse_kd_loss::def_cuda(m);
+  pysd::topk_teacher::def_cuda(m);
   m.def("device_count", &pysd::cuda::device_count);
   m.def("build_info", [] {
     py::dict d;

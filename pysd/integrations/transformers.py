@@ -22,6 +22,7 @@ from torch import Tensor
 from transformers import Trainer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from ..ops.fused_linear_kd_loss import fused_linear_kd_loss
 from ..ops.kd_loss import kd_loss
 
 __all__ = ["DistillationTrainer", "distillation_loss"]
@@ -72,12 +73,6 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Op
 def _fused_loss(model, teacher, inputs: Dict[str, Any], labels, shift: bool, normalizer, chunk_size,
                 kd_options) -> Tensor:
     """:func:`pysd.fused_linear_kd_loss` on the final hidden states and output heads of both models."""
-    import pysd
-
-    fused = getattr(pysd, "fused_linear_kd_loss", None)
-    if fused is None:
-        raise NotImplementedError("DistillationTrainer(fused=True) needs pysd.fused_linear_kd_loss, which this "
-                                  "pysd build does not have; use fused=False")
     caps = [getattr(m.config, "final_logit_softcapping", None) for m in (model, teacher)]
     if caps[0] != caps[1]:
         raise ValueError(f"DistillationTrainer(fused=True): student and teacher soft-cap their logits differently "
@@ -86,10 +81,11 @@ def _fused_loss(model, teacher, inputs: Dict[str, Any], labels, shift: bool, nor
     with torch.no_grad():
         t_hidden = _shifted(teacher.base_model(**inputs).last_hidden_state, shift)
     head, t_head = model.get_output_embeddings(), teacher.get_output_embeddings()
-    return fused(hidden, head.weight, t_hidden, _shifted(labels, shift, labels=True), student_bias=head.bias,
-                 teacher_weight=t_head.weight, teacher_bias=t_head.bias, logit_softcap=caps[0],
-                 chunk_size=chunk_size, ignore_index=IGNORE_INDEX, reduction="mean", normalizer=normalizer,
-                 **kd_options)
+    return fused_linear_kd_loss(hidden, head.weight, t_hidden, _shifted(labels, shift, labels=True),
+                                student_bias=head.bias,
+                                teacher_weight=t_head.weight, teacher_bias=t_head.bias, logit_softcap=caps[0],
+                                chunk_size=chunk_size, ignore_index=IGNORE_INDEX, reduction="mean",
+                                normalizer=normalizer, **kd_options)
 
 
 class DistillationTrainer(Trainer):

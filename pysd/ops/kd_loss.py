@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .. import _backend, _checks
 from .._codes import FLOATS, Divergence, Reduction, TeacherFormat, acc_dtype, options
+from ..sparse_teacher import SparseTeacher
 
 OP = "kd_loss"
 _backend.register(OP)
@@ -177,9 +178,11 @@ def _ignore_index(ignore_index) -> int:
     return v
 
 
-def _check_normalizer(normalizer, o: dict, reduction, check_finite: bool) -> None:
+def _check_normalizer(normalizer, red, reduction, check_finite: bool = False) -> None:
     """Kind and, where readable without a device sync (a CPU tensor, or ``check_finite``), value."""
-    if o["reduction"] != Reduction.MEAN:
+    if normalizer is None:
+        return
+    if red != Reduction.MEAN:
         raise ValueError(f"{OP}: normalizer replaces the 'mean' denominator; got reduction={reduction!r}")
     if not isinstance(normalizer, Tensor) or normalizer.numel() != 1:
         raise TypeError(f"{OP}: normalizer must be a one-element tensor")
@@ -254,7 +257,10 @@ def kd_loss(
     Args:
         student_logits: ``(..., C)`` float32/float64/bfloat16/float16; any row stride.
         teacher: ``(..., C)`` same dtype and device, or None (no soft term).  Must not
-            require grad (detach it): the gradient goes to the student only.
+            require grad (detach it): the gradient goes to the student only.  A
+            :class:`pysd.SparseTeacher` (top-k entries per row) dispatches to the sparse
+            kernel (:func:`pysd.ops.sparse_kd_loss.sparse_kd_loss`); its format replaces
+            ``teacher_format``.
         target: ``(...)`` integer class indices in ``[0, C)`` or ``ignore_index``, or None
             (no hard term).  Rows with ``target == ignore_index`` contribute nothing to
             either term and are left out of the "mean" denominator.
@@ -295,6 +301,13 @@ def kd_loss(
     device once; they are skipped while ``torch.compile`` traces, and an out-of-range
     class then yields NaN rather than reading out of bounds.
     """
+    if isinstance(teacher, SparseTeacher):
+        from .sparse_kd_loss import sparse_kd_loss
+
+        return sparse_kd_loss(student_logits, teacher, target, divergence=divergence, beta=beta,
+                              temperature=temperature, scale_t2=scale_t2, hard_weight=hard_weight,
+                              soft_weight=soft_weight, label_smoothing=label_smoothing, ignore_index=ignore_index,
+                              weight=weight, reduction=reduction, normalizer=normalizer)
     _check_student(student_logits)
     o = _check_options(teacher_format, divergence, reduction, beta, temperature, hard_weight, soft_weight,
                        label_smoothing, ignore_index)
@@ -302,8 +315,7 @@ def kd_loss(
         raise ValueError(f"{OP}: give a teacher (soft term), a target (hard term), or both")
     check_finite = _checks.finite_option(check_finite)
     _check_tensors(student_logits, teacher, target, weight, o["teacher_format"], o["ignore_index"])
-    if normalizer is not None:
-        _check_normalizer(normalizer, o, reduction, check_finite)
+    _check_normalizer(normalizer, o["reduction"], reduction, check_finite)
     if check_finite and not torch.compiler.is_compiling():
         for name, t in (("student_logits", student_logits), ("teacher", teacher), ("weight", weight)):
             _checks.finite(OP, name, t)
