@@ -84,6 +84,17 @@ def test_info_lists_every_backend_with_reason():
     assert "numba" in info["ops"]["kd_loss"]
 
 
+def test_vector_path_follows_cpu_features_not_vendor():
+    """The row kernels run the widest ISA clone the CPU has (an AVX2 AMD CPU once got the SSE2 clone)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags on this platform")
+    want = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse2"
+    assert pysd.info()["build"]["isa_active"] == want
+
+
 def _run(args, env=None):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

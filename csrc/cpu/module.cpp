@@ -33,6 +33,7 @@ PYBIND11_MODULE(_C, m) {
     d["version"] = PYSD_VERSION;
     d["compiler"] = PYSD_COMPILER;
     d["isa_paths"] = PYSD_ISA_PATHS;
+    d["isa_active"] = PYSD_ISA_ACTIVE;
     d["openmp"] = std::to_string(_OPENMP);
     d["max_threads"] = omp_get_max_threads();
     return d;
