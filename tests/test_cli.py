@@ -10,21 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from _data import blobs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def pysd_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "pysd", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-
-def blobs(n=240, c=4, d=8, noise=0.3, seed=0):
-    g = np.random.default_rng(seed)
-    centres = g.normal(size=(c, d)) * 4
-    y = g.integers(0, c, n)
-    x = (centres[y] + g.normal(size=(n, d))).astype(np.float32)
-    noisy = np.where(g.random(n) < noise, (y + g.integers(1, c, n)) % c, y)
-    return x, noisy.astype(np.int64), y
 
 
 def test_demo_quick(tmp_path):

@@ -13,15 +13,7 @@ from pysd.cli import main
 from pysd.demo import load_dataset
 from pysd.io import encode_labels
 from pysd.refine import estimate_noise_rate
-
-
-def blobs(n=240, c=4, d=8, noise=0.3, seed=0):
-    g = np.random.default_rng(seed)
-    centres = g.normal(size=(c, d)) * 4
-    y = g.integers(0, c, n)
-    x = (centres[y] + g.normal(size=(n, d))).astype(np.float32)
-    noisy = np.where(g.random(n) < noise, (y + g.integers(1, c, n)) % c, y)
-    return x, noisy.astype(np.int64), y
+from _data import blobs
 
 
 @pytest.fixture

@@ -42,12 +42,7 @@ PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, A* hv, in
     for (int64_t j = j0; j < j1; ++j) bs += fexp_le0((A(to_float(x[j])) - m) * inv_t);
     sum += bs;
   }
-  drain(hv, hi, k);
-  const A log_sum = flog(sum);
-  for (int64_t j = 0; j < k; ++j) {
-    a.indices[i * k + j] = hi[j];
-    a.values[i * k + j] = value(c.format, hv[j], m, inv_t, log_sum);
-  }
+  write_row(c, a, i, hv, hi, m, inv_t, sum);
 }
 
 template <typename In, typename A>

@@ -2,11 +2,10 @@
 // of pysd/kd_loss.h as block-strided loops with CUB block reductions.  The
 // exponentials are recomputed in the gradient pass instead of being stored:
 // the row is re-read from L2, and the kernel stays bandwidth-bound.
-#include <cub/block/block_reduce.cuh>
-
 #include <stdexcept>
 #include <string>
 
+#include "block.cuh"
 #include "check.cuh"
 #include "pysd/kd_loss.h"
 
@@ -14,36 +13,11 @@ namespace pysd {
 namespace kd_loss {
 namespace {
 
-constexpr int kThreads = 256;
-
+constexpr int kThreads = cuda::kRowThreads;
 template <typename A>
-struct MaxOp {
-  __device__ A operator()(A a, A b) const { return a > b ? a : b; }
-};
-
-template <typename A>
-using Reduce = cub::BlockReduce<A, kThreads>;
-
-// Block-wide reduction broadcast to every thread.
-template <typename A, typename Op>
-__device__ A block_all(A v, Op op, typename Reduce<A>::TempStorage& tmp, A& shared) {
-  const A total = Reduce<A>(tmp).Reduce(v, op);
-  if (threadIdx.x == 0) shared = total;
-  __syncthreads();
-  const A out = shared;
-  __syncthreads();
-  return out;
-}
-
-template <typename A>
-struct SumOp {
-  __device__ A operator()(A a, A b) const { return a + b; }
-};
-
-template <typename A>
-__device__ A block_sum(A v, typename Reduce<A>::TempStorage& tmp, A& shared) {
-  return block_all(v, SumOp<A>(), tmp, shared);
-}
+using Reduce = cuda::RowReduce<A>;
+using cuda::block_max;
+using cuda::block_sum;
 
 template <int TF, int CE, typename In, typename A>
 __global__ void __launch_bounds__(kThreads) kd_loss_kernel(Config c, Args<In, A> a) {
@@ -73,8 +47,8 @@ __global__ void __launch_bounds__(kThreads) kd_loss_kernel(Config c, Args<In, A>
     ms = max(ms, A(to_float(s[j])));
     if (TF == kLogits || TF == kLogProbs) mt = max(mt, tval(j));
   }
-  acc.ms = ms = block_all(ms, MaxOp<A>(), tmp, shared);
-  if (TF == kLogits || TF == kLogProbs) acc.mt = mt = block_all(mt, MaxOp<A>(), tmp, shared);
+  acc.ms = ms = block_max(ms, tmp, shared);
+  if (TF == kLogits || TF == kLogProbs) acc.mt = mt = block_max(mt, tmp, shared);
 
   Totals<A> part;
   A ssum = 0;

@@ -3,10 +3,9 @@
 // teacher and finalize steps of pysd/sparse_kd_loss.h from shared memory; every
 // thread then applies the gradient formula to its strided entries.  The
 // piecewise phases are CPU-only (the host raises for them).
-#include <cub/block/block_reduce.cuh>
-
 #include <stdexcept>
 
+#include "block.cuh"
 #include "check.cuh"
 #include "pysd/sparse_kd_loss.h"
 
@@ -14,25 +13,11 @@ namespace pysd {
 namespace sparse_kd_loss {
 namespace {
 
-constexpr int kThreads = 256;
-
+constexpr int kThreads = cuda::kRowThreads;
 template <typename A>
-using Reduce = cub::BlockReduce<A, kThreads>;
-
-template <typename A>
-struct Max { __device__ A operator()(A a, A b) const { return a > b ? a : b; } };
-template <typename A>
-struct Sum { __device__ A operator()(A a, A b) const { return a + b; } };
-
-template <typename A, typename Op>
-__device__ A block_all(A v, Op op, typename Reduce<A>::TempStorage& tmp, A& shared) {
-  const A total = Reduce<A>(tmp).Reduce(v, op);
-  if (threadIdx.x == 0) shared = total;
-  __syncthreads();
-  const A out = shared;
-  __syncthreads();
-  return out;
-}
+using Reduce = cuda::RowReduce<A>;
+using cuda::block_max;
+using cuda::block_sum;
 
 template <typename In, typename A>
 __global__ void __launch_bounds__(kThreads) sparse_kd_kernel(Config c, Args<In, A> a) {
@@ -66,7 +51,7 @@ __global__ void __launch_bounds__(kThreads) sparse_kd_kernel(Config c, Args<In, 
 
   A ms = neg_inf<A>();
   for (int64_t j = threadIdx.x; j < n; j += kThreads) ms = max(ms, A(to_float(s[j])));
-  ms = block_all(ms, Max<A>(), tmp, shared);
+  ms = block_max(ms, tmp, shared);
   A sz = 0, s1 = 0, wsum = 0, ssum = 0;
   for (int64_t j = threadIdx.x; j < n; j += kThreads) {
     const A sv = A(to_float(s[j])), zc = (sv - ms) * inv_t, e = fexp(zc);
@@ -75,18 +60,18 @@ __global__ void __launch_bounds__(kThreads) sparse_kd_kernel(Config c, Args<In, 
     if (c.needs_w() && e > A(0)) wsum += e * zc;
     ssum += sv;
   }
-  sz = block_all(sz, Sum<A>(), tmp, shared);
-  s1 = block_all(s1, Sum<A>(), tmp, shared);
-  wsum = block_all(wsum, Sum<A>(), tmp, shared);
-  ssum = block_all(ssum, Sum<A>(), tmp, shared);
+  sz = block_sum(sz, tmp, shared);
+  s1 = block_sum(s1, tmp, shared);
+  wsum = block_sum(wsum, tmp, shared);
+  ssum = block_sum(ssum, tmp, shared);
   A jd = 0, jq = 0;
   if (c.jsd_uniform()) {
     const A log_sz = flog(sz), beta = A(c.beta);
     for (int64_t j = threadIdx.x; j < n; j += kThreads) {
       jsd_tail_elem(beta, inv_t, ms, log_sz, lpt, A(to_float(s[j])), jd, jq);
     }
-    jd = block_all(jd, Sum<A>(), tmp, shared);
-    jq = block_all(jq, Sum<A>(), tmp, shared);
+    jd = block_sum(jd, tmp, shared);
+    jq = block_sum(jq, tmp, shared);
   }
   if (threadIdx.x == 0) {
     Stats<A> t;

@@ -2,10 +2,9 @@
 // the sum of exp((x - max)/T) are block reductions; the top-k is the shared
 // header's heap run by thread 0 over the row (k entries in shared memory), the
 // small and obvious version: rows run in parallel across the grid.
-#include <cub/block/block_reduce.cuh>
-
 #include <stdexcept>
 
+#include "block.cuh"
 #include "check.cuh"
 #include "pysd/topk_teacher.h"
 
@@ -13,10 +12,9 @@ namespace pysd {
 namespace topk_teacher {
 namespace {
 
-constexpr int kThreads = 256;
-
+constexpr int kThreads = cuda::kRowThreads;
 template <typename A>
-using Reduce = cub::BlockReduce<A, kThreads>;
+using Reduce = cuda::RowReduce<A>;
 
 template <typename In, typename A>
 __global__ void __launch_bounds__(kThreads) topk_kernel(Config c, Args<In, A> a) {
@@ -31,24 +29,15 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(Config c, Args<In, A> a)
 
   A m = neg_inf<A>();
   for (int64_t j = threadIdx.x; j < n; j += kThreads) m = max(m, A(to_float(x[j])));
-  m = Reduce<A>(tmp).Reduce(m, [](A p, A q) { return p > q ? p : q; });
-  if (threadIdx.x == 0) shared = m;
-  __syncthreads();
-  m = shared;
-  __syncthreads();
+  m = cuda::block_max(m, tmp, shared);
   A sum = 0;
-  for (int64_t j = threadIdx.x; j < n; j += kThreads) sum += fexp((A(to_float(x[j])) - m) * inv_t);
+  for (int64_t j = threadIdx.x; j < n; j += kThreads) sum += fexp_le0((A(to_float(x[j])) - m) * inv_t);
   sum = Reduce<A>(tmp).Sum(sum);
   if (threadIdx.x != 0) return;
   for (int64_t j = 0; j < k; ++j) { hv[j] = A(to_float(x[j])); hi[j] = j; }
   heapify(hv, hi, k);
   for (int64_t j = k; j < n; ++j) offer(hv, hi, k, A(to_float(x[j])), j);
-  drain(hv, hi, k);
-  const A log_sum = flog(sum);
-  for (int64_t j = 0; j < k; ++j) {
-    a.indices[i * k + j] = hi[j];
-    a.values[i * k + j] = value(c.format, hv[j], m, inv_t, log_sum);
-  }
+  write_row(c, a, i, hv, hi, m, inv_t, sum);
 }
 
 template <typename In, typename A>

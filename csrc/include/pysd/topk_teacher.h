@@ -80,6 +80,18 @@ PYSD_HD A value(int format, A x, A m, A inv_t, A log_sum) {
   return z - log_sum;
 }
 
+// Row i's output from its heap, the row max m and sum of exp((x - m)/T).
+template <typename In, typename A>
+PYSD_HD void write_row(const Config& c, const Args<In, A>& a, int64_t i, A* hv, int64_t* hi, A m, A inv_t, A sum) {
+  const int64_t k = c.k;
+  drain(hv, hi, k);
+  const A log_sum = flog(sum);
+  for (int64_t j = 0; j < k; ++j) {
+    a.indices[i * k + j] = hi[j];
+    a.values[i * k + j] = value(c.format, hv[j], m, inv_t, log_sum);
+  }
+}
+
 // Launchers: csrc/cpu/topk_teacher.cpp (OpenMP over rows) and csrc/cuda/topk_teacher.cu
 // (enqueued on `stream`, a cudaStream_t as an integer; CUDA errors throw std::runtime_error).
 void run_cpu(const Config& c, const Args<float, float>& a);
