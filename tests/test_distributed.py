@@ -123,7 +123,7 @@ def _propagate_worker(rank, world, cases):
         options = dict(options)
         backend = os.environ["PYSD_BACKEND"] = options.pop("backend", "cpp")
         graph = graph32.to(dtype=options.pop("dtype", torch.float32))
-        kwargs = dict(solver=solver, max_iter=30, tol=1e-5, **options)
+        kwargs = {"solver": solver, "max_iter": 30, "tol": 1e-5, **options}
         whole = pysd.propagate(graph, y, **kwargs)
         lo, hi = _split(x.shape[0], world, sizes)[rank]
         shard = pysd.distributed.ShardedGraph.from_graph(graph, lo, hi)

@@ -138,10 +138,11 @@ def propagate(local_graph: ShardedGraph, local_labels, *, group=None, num_classe
       of the global weight maximum (1) and class counts (C), and one halo exchange of Z for
       ``oos_scores``.
 
-    On CPU tensors with the C++ backend each step between those collectives is one call of the
-    extension's solver kernels (:func:`pysd._cpp.propagate.stepped`), so on one rank the results equal
-    :func:`pysd.propagate` bit for bit and the time is within a few percent of it; CUDA tensors and the
-    numba / torch backends run the reference solvers with the same collectives.
+    A group of one rank skips the all-reduces (they are the identity) and exchanges no halo.  On CPU
+    tensors with the C++ backend each step between the collectives is one call of the extension's solver
+    kernels (:func:`pysd._cpp.propagate.stepped`), so on one rank the results equal :func:`pysd.propagate`
+    bit for bit, at about its time; CUDA tensors and the numba / torch backends run the reference solvers
+    with the same collectives.
 
     Memory per rank: the single-process buffers for the n local rows, with room for the halo rows
     (``h * C``) in the buffers that are exchanged (cg: x and p; iterate: both iterates).
@@ -163,8 +164,11 @@ def propagate(local_graph: ShardedGraph, local_labels, *, group=None, num_classe
     if not any(e[3] for e in info):
         raise ValueError(f"pysd.distributed.{OP}: no seed rows on any rank (mask and labels select none)")
 
+    alone = len(info) == 1  # a group of one rank: every reduction is the identity (gloo costs ~0.2 ms a call)
+
     def reduce(t: Tensor, how=dist.ReduceOp.SUM) -> Tensor:
-        dist.all_reduce(t, op=how, group=group)
+        if not alone:
+            dist.all_reduce(t, op=how, group=group)
         return t
 
     g = local_graph
