@@ -50,8 +50,10 @@ def agree_flag(op: str, group, error: Optional[str]) -> None:
 def agree(op: str, group, config: tuple, error: Optional[str], extra=None) -> list:
     """All-gathers ``(config, error, extra)``; raises ValueError on every rank if any rank failed its
     local checks or the configurations differ.  Returns every rank's ``extra``."""
-    items: List = [None] * dist.get_world_size(group)
-    dist.all_gather_object(items, (config, error, extra), group=group)
+    items: List = [(config, error, extra)]
+    if dist.get_world_size(group) > 1:
+        items *= dist.get_world_size(group)
+        dist.all_gather_object(items, (config, error, extra), group=group)
     for r, (_, err, _) in enumerate(items):
         if err is not None:
             raise ValueError(f"pysd.distributed.{op}: rank {r}: {err}")
@@ -103,18 +105,25 @@ class Halo:
         self.rank, self.p = rank, p
         starts = offsets.tolist()
         self.row_start, self.n_local = starts[rank], starts[rank + 1] - starts[rank]
+        if p == 1:  # every column is local: nothing to plan or exchange
+            self.remote = torch.zeros(0, dtype=torch.int64, device=cols.device)
+            self.recv_counts, self.send_counts, self.send_rows = [0], [0], [self.remote]
+        else:
+            self._plan(cols, offsets)
+        self.n_before = sum(self.recv_counts[:rank])
+        self.n_after = sum(self.recv_counts[rank + 1:])
+
+    def _plan(self, cols: Tensor, offsets: Tensor) -> None:
         outside = (cols < self.row_start) | (cols >= self.row_start + self.n_local)
         self.remote = torch.unique(cols[outside].to(torch.int64))
         remote_owner = owners(self.remote, offsets)
-        recv_counts = torch.bincount(remote_owner, minlength=p).to(torch.int64)
-        counts = count_matrix(group, recv_counts.to(cols.device))
-        self.recv_counts = counts[rank].tolist()
-        self.send_counts = counts[:, rank].tolist()
-        self.n_before = sum(self.recv_counts[:rank])
-        self.n_after = sum(self.recv_counts[rank + 1:])
+        recv_counts = torch.bincount(remote_owner, minlength=self.p).to(torch.int64)
+        counts = count_matrix(self.group, recv_counts.to(cols.device))
+        self.recv_counts = counts[self.rank].tolist()
+        self.send_counts = counts[:, self.rank].tolist()
         requests = list(torch.split(self.remote - offsets[remote_owner.cpu()].to(cols.device), self.recv_counts))
         self.send_rows = [torch.empty(c, dtype=torch.int64, device=cols.device) for c in self.send_counts]
-        exchange(group, requests, self.send_rows)
+        exchange(self.group, requests, self.send_rows)
 
     def local_ids(self, cols: Tensor) -> Tensor:
         """Positions of the global ids ``cols`` (each local or in the plan) in the extended array, in the
