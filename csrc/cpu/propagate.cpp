@@ -202,22 +202,30 @@ int64_t num_blocks(int64_t n) { return (n + kBlock - 1) / kBlock; }
 
 // Runs `fn(r0, r1, loc)` over the row blocks and leaves the column
 // totals of the partial sums in `total` (call inside the parallel region).
+// Block b's partial sums into part[b * cols, (b + 1) * cols).
+template <typename Fn>
+PYSD_INLINE void block_partials(int64_t n, int64_t cols, int64_t b, std::vector<double>& part,
+                                std::vector<double>& loc, Fn& fn) {
+  std::fill(loc.begin(), loc.end(), 0.0);
+  fn(b * kBlock, std::min(n, (b + 1) * kBlock), loc.data());
+  std::copy(loc.begin(), loc.end(), part.begin() + b * cols);
+}
+
+// Column c's total of the block partial sums, added in block order.
+PYSD_INLINE double column_total(const std::vector<double>& part, int64_t blocks, int64_t cols, int64_t c) {
+  double s = 0;
+  for (int64_t b = 0; b < blocks; ++b) s += part[b * cols + c];
+  return s;
+}
+
 template <typename Fn>
 void blocks_reduce(int64_t n, int64_t cols, std::vector<double>& part, std::vector<double>& loc, double* total,
                    Fn fn) {
   const int64_t blocks = num_blocks(n);
 #pragma omp for schedule(dynamic, kGrab)
-  for (int64_t b = 0; b < blocks; ++b) {
-    std::fill(loc.begin(), loc.end(), 0.0);
-    fn(b * kBlock, std::min(n, (b + 1) * kBlock), loc.data());
-    std::copy(loc.begin(), loc.end(), part.begin() + b * cols);
-  }
+  for (int64_t b = 0; b < blocks; ++b) block_partials(n, cols, b, part, loc, fn);
 #pragma omp for schedule(static)
-  for (int64_t c = 0; c < cols; ++c) {
-    double s = 0;
-    for (int64_t b = 0; b < blocks; ++b) s += part[b * cols + c];
-    total[c] = s;
-  }
+  for (int64_t c = 0; c < cols; ++c) total[c] = column_total(part, blocks, cols, c);
 }
 
 template <typename T>
@@ -313,16 +321,21 @@ void post_impl(const Csr<T>& g, const PostArgs<T>& a) {
 }
 
 // One pass of `fn(r0, r1, acc, loc)` over the row blocks in its own parallel region, the column
-// totals of its partial sums into `sums` (the steps of the *_step_cpu API).
+// totals of its partial sums into `sums` (the steps of the *_step_cpu API).  The totals are added
+// after the region, by the caller's thread: one synchronisation per pass, the join.
 template <typename T, typename Fn>
 void pass_reduce(int64_t n, int64_t cols, double* sums, Fn fn) {
-  std::vector<double> part(num_blocks(n) * cols);
+  const int64_t blocks = num_blocks(n);
+  std::vector<double> part(blocks * cols);
 #pragma omp parallel
   {
     std::vector<T> acc(cols);
     std::vector<double> loc(cols);
-    blocks_reduce(n, cols, part, loc, sums, [&](int64_t r0, int64_t r1, double* l) { fn(r0, r1, acc.data(), l); });
+    auto pass = [&](int64_t r0, int64_t r1, double* l) { fn(r0, r1, acc.data(), l); };
+#pragma omp for schedule(dynamic, kGrab) nowait
+    for (int64_t b = 0; b < blocks; ++b) block_partials(n, cols, b, part, loc, pass);
   }
+  for (int64_t c = 0; c < cols; ++c) sums[c] = column_total(part, blocks, cols, c);
 }
 
 }  // namespace
