@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import RESULTS, paired, spread
+from conftest import RESULTS, paired, record_paired, spread
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = os.environ.get("PYSD_BENCH_FULL") == "1"
@@ -167,12 +167,13 @@ def test_sharded_graph_and_propagation(benchmark, world):
         traffic = dict(allreduce_per_iter=calls, allreduce_B_per_iter=int(reduce_bytes),
                        halo_MB_per_iter=round(halo_bytes / 1e6, 3),
                        allgather_MB_per_iter=round((world - 1) * N * C * 4 / 1e6, 2))
-        RESULTS[group][tag] = _entry(part, **traffic)
         print(f"\n[{group}] {tag}: {spread([t * 1e3 for t in part])} ms; per iteration {calls:g} all-reduces "
               f"({reduce_bytes:g} B), halo {halo_bytes / 1e6:.3f} MB")
-        if single is not None:
-            ratio = [a / b for a, b in zip(part, single)]
-            RESULTS[group][tag]["ratio_vs_single"] = spread(ratio)
-            RESULTS[group]["pysd.propagate"] = _entry(single)
-            print(f"  pysd.propagate: {spread([t * 1e3 for t in single])} ms; distributed / single, pair by "
-                  f"pair: {spread(ratio)}")
+        if single is None:
+            RESULTS[group][tag] = _entry(part, **traffic)
+            continue
+        ratio = spread([a / b for a, b in zip(part, single)])
+        record_paired(group, {tag: part, "pysd.propagate": single}, (tag,),
+                      **{k: {tag: v} for k, v in traffic.items()}, time_vs_single={tag: ratio})
+        print(f"  pysd.propagate: {spread([t * 1e3 for t in single])} ms; distributed / single, pair by "
+              f"pair: {ratio}")
