@@ -113,15 +113,29 @@ def _graph_worker(rank, world, cases):
 
 
 def _propagate_worker(rank, world, cases):
+    from pysd._cpp import propagate as steps
+
+    stepped, calls = steps.stepped, []
+    steps.stepped = lambda *a, **k: calls.append(1) or stepped(*a, **k)  # which solve ran
     x, y = _features(), _labels()
-    graph = pysd.knn_graph(x, 8)
+    graph32 = pysd.knn_graph(x, 8)
     for sizes, solver, options in cases:
-        kwargs = dict(solver=solver, max_iter=30, tol=1e-5, **options)
+        options = dict(options)
+        backend = os.environ["PYSD_BACKEND"] = options.pop("backend", "cpp")
+        graph = graph32.to(dtype=options.pop("dtype", torch.float32))
+        kwargs = {"solver": solver, "max_iter": 30, "tol": 1e-5, **options}
         whole = pysd.propagate(graph, y, **kwargs)
         lo, hi = _split(x.shape[0], world, sizes)[rank]
         shard = pysd.distributed.ShardedGraph.from_graph(graph, lo, hi)
+        del calls[:]
         part = pysd.distributed.propagate(shard, y[lo:hi], **kwargs)
+        assert len(calls) == (backend == "cpp")
+        assert part.raw_scores.dtype == graph.dtype
         assert part.iterations == whole.iterations and part.flips == whole.flips
+        if world == 1 and backend == "cpp":  # the same kernels in the same block order as the fused call
+            for name in ("raw_scores", "scores", "oos_scores", "labels", "confidence", "entropy_weight", "residual",
+                         "class_weight", "issues"):
+                assert torch.equal(getattr(part, name), getattr(whole, name)), name
         for name in ("raw_scores", "scores", "oos_scores", "confidence", "entropy_weight"):
             torch.testing.assert_close(getattr(part, name), getattr(whole, name)[lo:hi], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(part.residual, whole.residual, rtol=1e-3, atol=1e-6)
@@ -202,11 +216,21 @@ def test_knn_graph_matches_single_process(world, cases):
     spawn(_graph_worker, world, cases)
 
 
+F64 = dict(dtype=torch.float64)
+
+
 @pytest.mark.parametrize("world,cases", [
-    (2, [(None, "cg", {}), ([31, 209], "iterate", {})]),
-    (3, [([50, 0, 190], "cg", dict(class_mass_norm=False)), (None, "iterate", dict(num_classes=5))]),
+    (1, [(None, "cg", {}), (None, "iterate", F64), (None, "cg", dict(tol=0.0, **F64)),
+         (None, "iterate", dict(backend="torch"))]),
+    (2, [(None, "cg", {}), ([31, 209], "iterate", {}), ([0, 240], "cg", F64), ([240, 0], "iterate", F64),
+         ([120, 120], "cg", dict(backend="torch", **F64))]),
+    (3, [([50, 0, 190], "cg", dict(class_mass_norm=False)), (None, "iterate", dict(num_classes=5)),
+         ([7, 201, 32], "cg", dict(tol=0.0, **F64)), ([100, 140, 0], "iterate", dict(alpha=0.9, **F64)),
+         ([0, 0, 240], "cg", dict(backend="numba"))]),
 ])
 def test_propagate_matches_single_process(world, cases):
+    """The C++ steps (default) and the reference solvers (numba / torch backends) over 1-3 ranks, uneven
+    shards, ranks without rows, float32 and float64; on one rank the steps equal the fused call bit for bit."""
     spawn(_propagate_worker, world, cases)
 
 

@@ -62,11 +62,12 @@ PYSD_INLINE void copy_block(const T* src, T* dst, T* zero, int64_t cols, int64_t
   }
 }
 
+// `p_ext`: the rows the gather reads (p itself for a whole graph).
 template <typename T>
-PYSD_INLINE void matvec_block(const Csr<T>& g, const T* p, T* q, int64_t cols, T alpha, int64_t r0, int64_t r1,
-                              T* acc, double* loc) {
+PYSD_INLINE void matvec_block(const Csr<T>& g, const T* p_ext, const T* p, T* q, int64_t cols, T alpha, int64_t r0,
+                              int64_t r1, T* acc, double* loc) {
   for (int64_t i = r0; i < r1; ++i) {
-    gather<false>(g, i, p, cols, acc);
+    gather<false>(g, i, p_ext, cols, acc);
     const T* __restrict pi = p + i * cols;
     T* __restrict qi = q + i * cols;
     const T* __restrict a = acc;
@@ -109,11 +110,12 @@ PYSD_INLINE int64_t argmax_row(const T* z, int64_t cols) {
   return arg;
 }
 
+// `zc_ext`: the rows the gather reads (zc itself for a whole graph).
 template <typename T>
-PYSD_INLINE void zhou_block(const Csr<T>& g, const T* y, const T* zc, T* zn, int64_t cols, T alpha, int64_t r0,
-                            int64_t r1, T* acc, double* loc) {
+PYSD_INLINE void zhou_block(const Csr<T>& g, const T* y, const T* zc_ext, const T* zc, T* zn, int64_t cols, T alpha,
+                            int64_t r0, int64_t r1, T* acc, double* loc) {
   for (int64_t i = r0; i < r1; ++i) {
-    gather<false>(g, i, zc, cols, acc);
+    gather<false>(g, i, zc_ext, cols, acc);
     const T* __restrict zo = zc + i * cols;
     const T* __restrict yi = y + i * cols;
     T* __restrict zw = zn + i * cols;
@@ -150,7 +152,7 @@ PYSD_INLINE void post_block(const Csr<T>& g, const PostArgs<T>& a, int64_t r0, i
     a.weight[i] = o.weight;
     a.margin[i] = o.margin;
 
-    gather<true>(g, i, a.z, cols, acc);
+    gather<true>(g, i, a.z_ext, cols, acc);
     T sum = 0;
     PYSD_SIMD
     for (int64_t c = 0; c < cols; ++c) {
@@ -169,9 +171,9 @@ PYSD_INLINE void post_block(const Csr<T>& g, const PostArgs<T>& a, int64_t r0, i
   PYSD_ISA_CLONES void k_copy(const T* s, T* d, T* z, int64_t c, int64_t r0, int64_t r1, double* l) {      \
     copy_block(s, d, z, c, r0, r1, l);                                                                     \
   }                                                                                                        \
-  PYSD_ISA_CLONES void k_matvec(const Csr<T>& g, const T* p, T* q, int64_t c, T al, int64_t r0, int64_t r1, \
-                                T* acc, double* l) {                                                       \
-    matvec_block(g, p, q, c, al, r0, r1, acc, l);                                                          \
+  PYSD_ISA_CLONES void k_matvec(const Csr<T>& g, const T* px, const T* p, T* q, int64_t c, T al, int64_t r0,  \
+                                int64_t r1, T* acc, double* l) {                                           \
+    matvec_block(g, px, p, q, c, al, r0, r1, acc, l);                                                      \
   }                                                                                                        \
   PYSD_ISA_CLONES void k_update(T* x, T* r, const T* p, const T* q, const T* a, int64_t c, int64_t r0,       \
                                 int64_t r1, double* l) {                                                   \
@@ -180,9 +182,9 @@ PYSD_INLINE void post_block(const Csr<T>& g, const PostArgs<T>& a, int64_t r0, i
   PYSD_ISA_CLONES void k_direction(T* p, const T* r, const T* b, int64_t c, int64_t r0, int64_t r1) {      \
     direction_block(p, r, b, c, r0, r1);                                                                   \
   }                                                                                                        \
-  PYSD_ISA_CLONES void k_zhou(const Csr<T>& g, const T* y, const T* zc, T* zn, int64_t c, T al, int64_t r0, \
-                              int64_t r1, T* acc, double* l) {                                             \
-    zhou_block(g, y, zc, zn, c, al, r0, r1, acc, l);                                                       \
+  PYSD_ISA_CLONES void k_zhou(const Csr<T>& g, const T* y, const T* zx, const T* zc, T* zn, int64_t c, T al,   \
+                              int64_t r0, int64_t r1, T* acc, double* l) {                                 \
+    zhou_block(g, y, zx, zc, zn, c, al, r0, r1, acc, l);                                                   \
   }                                                                                                        \
   PYSD_ISA_CLONES int64_t k_flips(const T* z0, const T* z1, int64_t c, int64_t r0, int64_t r1) {           \
     return flips_block(z0, z1, c, r0, r1);                                                                 \
@@ -200,22 +202,30 @@ int64_t num_blocks(int64_t n) { return (n + kBlock - 1) / kBlock; }
 
 // Runs `fn(r0, r1, loc)` over the row blocks and leaves the column
 // totals of the partial sums in `total` (call inside the parallel region).
+// Block b's partial sums into part[b * cols, (b + 1) * cols).
 template <typename Fn>
-void blocks_reduce(int64_t n, int64_t cols, std::vector<double>& part, std::vector<double>& loc,
-                   std::vector<double>& total, Fn fn) {
+PYSD_INLINE void block_partials(int64_t n, int64_t cols, int64_t b, std::vector<double>& part,
+                                std::vector<double>& loc, Fn& fn) {
+  std::fill(loc.begin(), loc.end(), 0.0);
+  fn(b * kBlock, std::min(n, (b + 1) * kBlock), loc.data());
+  std::copy(loc.begin(), loc.end(), part.begin() + b * cols);
+}
+
+// Column c's total of the block partial sums, added in block order.
+PYSD_INLINE double column_total(const std::vector<double>& part, int64_t blocks, int64_t cols, int64_t c) {
+  double s = 0;
+  for (int64_t b = 0; b < blocks; ++b) s += part[b * cols + c];
+  return s;
+}
+
+template <typename Fn>
+void blocks_reduce(int64_t n, int64_t cols, std::vector<double>& part, std::vector<double>& loc, double* total,
+                   Fn fn) {
   const int64_t blocks = num_blocks(n);
 #pragma omp for schedule(dynamic, kGrab)
-  for (int64_t b = 0; b < blocks; ++b) {
-    std::fill(loc.begin(), loc.end(), 0.0);
-    fn(b * kBlock, std::min(n, (b + 1) * kBlock), loc.data());
-    std::copy(loc.begin(), loc.end(), part.begin() + b * cols);
-  }
+  for (int64_t b = 0; b < blocks; ++b) block_partials(n, cols, b, part, loc, fn);
 #pragma omp for schedule(static)
-  for (int64_t c = 0; c < cols; ++c) {
-    double s = 0;
-    for (int64_t b = 0; b < blocks; ++b) s += part[b * cols + c];
-    total[c] = s;
-  }
+  for (int64_t c = 0; c < cols; ++c) total[c] = column_total(part, blocks, cols, c);
 }
 
 template <typename T>
@@ -232,34 +242,23 @@ void cg_impl(const Csr<T>& g, const CgArgs<T>& a, int64_t* iterations) {
     std::vector<T> acc(cols);
     std::vector<double> loc(cols);
     // r holds b on entry (x0 = 0): p = r, x = 0.
-    blocks_reduce(n, cols, part, loc, total, [&](int64_t r0, int64_t r1, double* l) {
+    blocks_reduce(n, cols, part, loc, total.data(), [&](int64_t r0, int64_t r1, double* l) {
       k_copy(a.r, a.p, a.x, cols, r0, r1, l);
     });
 #pragma omp single
-    for (int64_t c = 0; c < cols; ++c) {
-      cg_init(col[c], total[c], a.tol);
-      any_active |= col[c].active != 0;
-    }
+    any_active = cg_init_columns(col.data(), total.data(), cols, a.tol);
     for (int64_t s = 0; s < a.max_iter && any_active; ++s) {
-      blocks_reduce(n, cols, part, loc, total, [&](int64_t r0, int64_t r1, double* l) {
-        k_matvec(g, a.p, a.q, cols, al, r0, r1, acc.data(), l);
+      blocks_reduce(n, cols, part, loc, total.data(), [&](int64_t r0, int64_t r1, double* l) {
+        k_matvec(g, a.p, a.p, a.q, cols, al, r0, r1, acc.data(), l);
       });
 #pragma omp single
-      for (int64_t c = 0; c < cols; ++c) {
-        cg_step(col[c], total[c]);
-        step[c] = T(col[c].a);
-      }
-      blocks_reduce(n, cols, part, loc, total, [&](int64_t r0, int64_t r1, double* l) {
+      cg_step_columns(col.data(), total.data(), step.data(), cols);
+      blocks_reduce(n, cols, part, loc, total.data(), [&](int64_t r0, int64_t r1, double* l) {
         k_update(a.x, a.r, a.p, a.q, step.data(), cols, r0, r1, l);
       });
 #pragma omp single
       {
-        any_active = false;
-        for (int64_t c = 0; c < cols; ++c) {
-          cg_direction(col[c], total[c]);
-          beta[c] = T(col[c].b);
-          any_active |= col[c].active != 0;
-        }
+        any_active = cg_direction_columns(col.data(), total.data(), beta.data(), cols);
         it = s + 1;
       }
       if (!any_active) break;
@@ -285,25 +284,19 @@ void iterate_impl(const Csr<T>& g, const IterArgs<T>& a, int64_t* iterations, in
   {
     std::vector<T> acc(cols);
     std::vector<double> loc(cols);
-    blocks_reduce(n, cols, part, loc, yy, [&](int64_t r0, int64_t r1, double* l) {
+    blocks_reduce(n, cols, part, loc, yy.data(), [&](int64_t r0, int64_t r1, double* l) {
       k_copy(a.y, a.z0, static_cast<T*>(nullptr), cols, r0, r1, l);
     });
     for (int64_t s = 0; s < a.max_iter && !done; ++s) {
       const T* zc = s % 2 ? a.z1 : a.z0;
       T* zn = s % 2 ? a.z0 : a.z1;
-      blocks_reduce(n, cols, part, loc, total, [&](int64_t r0, int64_t r1, double* l) {
-        k_zhou(g, a.y, zc, zn, cols, al, r0, r1, acc.data(), l);
+      blocks_reduce(n, cols, part, loc, total.data(), [&](int64_t r0, int64_t r1, double* l) {
+        k_zhou(g, a.y, zc, zc, zn, cols, al, r0, r1, acc.data(), l);
       });
 #pragma omp single
       {
-        bool converged = true;
-        for (int64_t c = 0; c < cols; ++c) {
-          const double ynorm = std::sqrt(yy[c]), dnorm = std::sqrt(total[c]);
-          a.residual[c] = ynorm > 0 ? dnorm / ynorm : 0.0;
-          converged &= !(ynorm > 0) || dnorm < a.tol * ynorm;
-        }
+        done = zhou_check_columns(yy.data(), total.data(), a.residual, cols, a.tol);
         it = s + 1;
-        done = converged;
       }
     }
     // Both buffers still hold the last two iterates: count argmax flips once.
@@ -327,7 +320,79 @@ void post_impl(const Csr<T>& g, const PostArgs<T>& a) {
   }
 }
 
+// One pass of `fn(r0, r1, acc, loc)` over the row blocks in its own parallel region, the column
+// totals of its partial sums into `sums` (the steps of the *_step_cpu API).  The totals are added
+// after the region, by the caller's thread: one synchronisation per pass, the join.
+template <typename T, typename Fn>
+void pass_reduce(int64_t n, int64_t cols, double* sums, Fn fn) {
+  const int64_t blocks = num_blocks(n);
+  std::vector<double> part(blocks * cols);
+#pragma omp parallel
+  {
+    std::vector<T> acc(cols);
+    std::vector<double> loc(cols);
+    auto pass = [&](int64_t r0, int64_t r1, double* l) { fn(r0, r1, acc.data(), l); };
+#pragma omp for schedule(dynamic, kGrab) nowait
+    for (int64_t b = 0; b < blocks; ++b) block_partials(n, cols, b, part, loc, pass);
+  }
+  for (int64_t c = 0; c < cols; ++c) sums[c] = column_total(part, blocks, cols, c);
+}
+
 }  // namespace
+
+template <typename T>
+void copy_step_cpu(const T* src, T* dst, T* zero, int64_t n, int64_t cols, double* sums) {
+  pass_reduce<T>(n, cols, sums, [&](int64_t r0, int64_t r1, T*, double* l) {
+    k_copy(src, dst, zero, cols, r0, r1, l);
+  });
+}
+
+template <typename T>
+void matvec_step_cpu(const Csr<T>& g, const T* p_ext, const T* p, T* q, int64_t cols, double alpha, double* sums) {
+  pass_reduce<T>(g.n, cols, sums, [&](int64_t r0, int64_t r1, T* acc, double* l) {
+    k_matvec(g, p_ext, p, q, cols, T(alpha), r0, r1, acc, l);
+  });
+}
+
+template <typename T>
+void update_step_cpu(T* x, T* r, const T* p, const T* q, const T* step, int64_t n, int64_t cols, double* sums) {
+  pass_reduce<T>(n, cols, sums, [&](int64_t r0, int64_t r1, T*, double* l) {
+    k_update(x, r, p, q, step, cols, r0, r1, l);
+  });
+}
+
+template <typename T>
+void direction_step_cpu(T* p, const T* r, const T* beta, int64_t n, int64_t cols) {
+#pragma omp parallel for schedule(dynamic, kGrab)
+  for (int64_t b = 0; b < num_blocks(n); ++b) k_direction(p, r, beta, cols, b * kBlock, std::min(n, (b + 1) * kBlock));
+}
+
+template <typename T>
+void zhou_step_cpu(const Csr<T>& g, const T* y, const T* z_ext, const T* z, T* out, int64_t cols, double alpha,
+                   double* sums) {
+  pass_reduce<T>(g.n, cols, sums, [&](int64_t r0, int64_t r1, T* acc, double* l) {
+    k_zhou(g, y, z_ext, z, out, cols, T(alpha), r0, r1, acc, l);
+  });
+}
+
+template <typename T>
+int64_t flips_step_cpu(const T* z0, const T* z1, int64_t n, int64_t cols) {
+  int64_t flips = 0;
+#pragma omp parallel for schedule(dynamic, kGrab) reduction(+ : flips)
+  for (int64_t b = 0; b < num_blocks(n); ++b) flips += k_flips(z0, z1, cols, b * kBlock, std::min(n, (b + 1) * kBlock));
+  return flips;
+}
+
+#define PYSD_PROP_STEPS(T)                                                                                  \
+  template void copy_step_cpu<T>(const T*, T*, T*, int64_t, int64_t, double*);                             \
+  template void matvec_step_cpu<T>(const Csr<T>&, const T*, const T*, T*, int64_t, double, double*);       \
+  template void update_step_cpu<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, double*);       \
+  template void direction_step_cpu<T>(T*, const T*, const T*, int64_t, int64_t);                           \
+  template void zhou_step_cpu<T>(const Csr<T>&, const T*, const T*, const T*, T*, int64_t, double, double*); \
+  template int64_t flips_step_cpu<T>(const T*, const T*, int64_t, int64_t);
+PYSD_PROP_STEPS(float)
+PYSD_PROP_STEPS(double)
+#undef PYSD_PROP_STEPS
 
 void cg_cpu(const Csr<float>& g, const CgArgs<float>& a, int64_t* it) { cg_impl(g, a, it); }
 void cg_cpu(const Csr<double>& g, const CgArgs<double>& a, int64_t* it) { cg_impl(g, a, it); }

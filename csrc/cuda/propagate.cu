@@ -191,7 +191,7 @@ __global__ void post_kernel(Csr<T> g, PostArgs<T> a) {
     for (int64_t c = lane(); c < cols; c += 32) {
       a.scores[i * cols + c] = (z[c] > T(0) ? z[c] : T(0)) * out.inv_l1;
       T acc = 0;
-      gather_row<true>(g, i, a.z, cols, c, 1, &acc);
+      gather_row<true>(g, i, a.z_ext, cols, c, 1, &acc);
       acc = acc > T(0) ? acc : T(0);
       oos[c] = acc;
       sum += acc;

@@ -69,24 +69,23 @@ def cg(S, b: Tensor, alpha: float, max_iter: int, tol: float, reduce=_local):
 def iterate(S, y: Tensor, alpha: float, max_iter: int, tol: float, reduce=_local):
     """Zhou steps ``Z <- alpha S Z + Y`` from Z0 = Y; returns Z, ||dZ||/||Y|| (C,), iterations, flips.
 
-    ``S`` and ``reduce`` as in :func:`cg` (``reduce`` also sums the flip count).
+    ``S`` and ``reduce`` as in :func:`cg` (``reduce`` also sums the flip count, once after the loop).
     """
     f64 = torch.float64
     ynorm = reduce((y.to(f64) ** 2).sum(0)).sqrt()
-    z = y.clone()
+    z = prev = y.clone()
     residual = torch.zeros_like(ynorm)
-    it = flips = 0
+    it = 0
     for step in range(max_iter):
         zn = alpha * (S @ z) + y
         dnorm = reduce(((zn.to(f64) - z.to(f64)) ** 2).sum(0)).sqrt()
         residual = torch.where(ynorm > 0, dnorm / torch.where(ynorm > 0, ynorm, 1.0), 0.0)
-        changed = (zn.argmax(1) != z.argmax(1)).sum(dtype=f64) if z.shape[1] else y.new_zeros((), dtype=f64)
-        flips = int(reduce(changed.reshape(1)))
-        z = zn
+        prev, z = z, zn
         it = step + 1
         if bool(((ynorm == 0) | (dnorm < tol * ynorm)).all()):
             break
-    return z, residual, it, flips
+    changed = (z.argmax(1) != prev.argmax(1)).sum(dtype=f64) if z.shape[1] else y.new_zeros((), dtype=f64)
+    return z, residual, it, int(reduce(changed.reshape(1)))
 
 
 def postprocess(S, z: Tensor, given: Tensor):

@@ -50,8 +50,10 @@ def agree_flag(op: str, group, error: Optional[str]) -> None:
 def agree(op: str, group, config: tuple, error: Optional[str], extra=None) -> list:
     """All-gathers ``(config, error, extra)``; raises ValueError on every rank if any rank failed its
     local checks or the configurations differ.  Returns every rank's ``extra``."""
-    items: List = [None] * dist.get_world_size(group)
-    dist.all_gather_object(items, (config, error, extra), group=group)
+    items: List = [(config, error, extra)]
+    if dist.get_world_size(group) > 1:
+        items *= dist.get_world_size(group)
+        dist.all_gather_object(items, (config, error, extra), group=group)
     for r, (_, err, _) in enumerate(items):
         if err is not None:
             raise ValueError(f"pysd.distributed.{op}: rank {r}: {err}")
@@ -90,10 +92,11 @@ def owners(cols: Tensor, offsets: Tensor) -> Tensor:
 class Halo:
     """Exchange plan for the rows of a row-sharded array that the global ids ``cols`` reference.
 
-    Built once (one all-gather of counts, one point-to-point round of requests); each
-    :meth:`gather` then moves only the referenced remote rows.  The extended array is
-    ``[remote rows before row_start; local rows; remote rows after]``, so the column map
-    :meth:`local_ids` preserves the order of the sorted global ids.
+    Built once (one all-gather of counts, one point-to-point round of requests; only the remote ids are
+    sorted, so a rank whose columns are all local pays O(nnz)); each :meth:`fill` / :meth:`gather` then
+    moves only the referenced remote rows.  The extended array is ``[n_before remote rows before
+    row_start; the n_local local rows; n_after remote rows after]``, so the column map :meth:`local_ids`
+    preserves the order of the sorted global ids.
     """
 
     def __init__(self, cols: Tensor, offsets: Tensor, group):
@@ -102,33 +105,55 @@ class Halo:
         self.rank, self.p = rank, p
         starts = offsets.tolist()
         self.row_start, self.n_local = starts[rank], starts[rank + 1] - starts[rank]
-        need = torch.unique(cols)
-        own = owners(need, offsets)
-        self.remote = need[own != rank]
-        remote_owner = own[own != rank]
-        self.n_before = int((remote_owner < rank).sum())
-        recv_counts = torch.bincount(remote_owner, minlength=p).to(torch.int64)
-        counts = count_matrix(group, recv_counts.to(cols.device))
-        self.recv_counts = counts[rank].tolist()
-        self.send_counts = counts[:, rank].tolist()
+        if p == 1:  # every column is local: nothing to plan or exchange
+            self.remote = torch.zeros(0, dtype=torch.int64, device=cols.device)
+            self.recv_counts, self.send_counts, self.send_rows = [0], [0], [self.remote]
+        else:
+            self._plan(cols, offsets)
+        self.n_before = sum(self.recv_counts[:rank])
+        self.n_after = sum(self.recv_counts[rank + 1:])
+
+    def _plan(self, cols: Tensor, offsets: Tensor) -> None:
+        outside = (cols < self.row_start) | (cols >= self.row_start + self.n_local)
+        self.remote = torch.unique(cols[outside].to(torch.int64))
+        remote_owner = owners(self.remote, offsets)
+        recv_counts = torch.bincount(remote_owner, minlength=self.p).to(torch.int64)
+        counts = count_matrix(self.group, recv_counts.to(cols.device))
+        self.recv_counts = counts[self.rank].tolist()
+        self.send_counts = counts[:, self.rank].tolist()
         requests = list(torch.split(self.remote - offsets[remote_owner.cpu()].to(cols.device), self.recv_counts))
         self.send_rows = [torch.empty(c, dtype=torch.int64, device=cols.device) for c in self.send_counts]
-        exchange(group, requests, self.send_rows)
+        exchange(self.group, requests, self.send_rows)
 
     def local_ids(self, cols: Tensor) -> Tensor:
-        """Positions of the global ids ``cols`` (each local or in the plan) in the extended array."""
+        """Positions of the global ids ``cols`` (each local or in the plan) in the extended array, in the
+        dtype of ``cols``."""
+        shift = self.n_before - self.row_start
+        if not self.remote.numel():  # every column is local
+            return cols if shift == 0 else cols + shift
         local = (cols >= self.row_start) & (cols < self.row_start + self.n_local)
-        pos = torch.searchsorted(self.remote, cols)
-        return torch.where(local, cols - self.row_start + self.n_before,
-                           torch.where(pos < self.n_before, pos, pos + self.n_local))
+        pos = torch.searchsorted(self.remote, cols.to(torch.int64))
+        ids = torch.where(local, cols + shift, torch.where(pos < self.n_before, pos, pos + self.n_local))
+        return ids.to(cols.dtype)
+
+    def fill(self, ext: Tensor) -> None:
+        """Completes the remote rows of an extended ``(n_before + n_local + n_after, ...)`` contiguous array
+        from its local rows, in place (collective: every rank of the group calls it)."""
+        if not (any(self.send_counts) or self.remote.numel()):
+            return
+        local = ext[self.n_before:self.n_before + self.n_local]
+        sends = [local[rows] if rows.numel() else None for rows in self.send_rows]
+        before = ext[:self.n_before].split(self.recv_counts[:self.rank])
+        after = ext[self.n_before + self.n_local:].split(self.recv_counts[self.rank + 1:])
+        exchange(self.group, sends, list(before) + [None] + list(after))
 
     def gather(self, local: Tensor) -> Tensor:
         """``(n_before + num_rows + n_after, ...)``: ``local`` with the referenced remote rows around it."""
-        sends = [local[rows] if rows.numel() else None for rows in self.send_rows]
-        recvs = [local.new_empty((c,) + tuple(local.shape[1:])) for c in self.recv_counts]
-        exchange(self.group, sends, recvs)
-        return torch.cat(recvs[:self.rank] + [local] + recvs[self.rank + 1:])
+        ext = local.new_empty((self.n_before + self.n_local + self.n_after,) + tuple(local.shape[1:]))
+        ext[self.n_before:self.n_before + self.n_local] = local
+        self.fill(ext)
+        return ext
 
     def bytes_per_gather(self, row_bytes: int) -> int:
-        """Bytes this rank receives per :meth:`gather` of rows of ``row_bytes`` bytes."""
+        """Bytes this rank receives per :meth:`fill` / :meth:`gather` of rows of ``row_bytes`` bytes."""
         return int(self.remote.numel()) * row_bytes

@@ -1,8 +1,10 @@
 """``pysd.distributed.propagate``: label propagation over a row-sharded graph (halo exchange).
 
 Validation, seeds and the finishing of the results are the hooks of :mod:`pysd.ops.propagate` with
-all-reduces as their ``reduce`` callables; the solvers are those of :mod:`pysd._ref.propagate` with a
-sharded operator.
+all-reduces as their ``reduce`` callables.  The solve: on CPU tensors with the C++ backend, the
+extension's solver steps driven from Python (:func:`pysd._cpp.propagate.stepped`), a halo exchange
+and the all-reduces of the per-column scalars between them; otherwise (CUDA tensors, the numba or
+torch backend) the solvers of :mod:`pysd._ref.propagate` with a sharded operator.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .. import _checks
+from .. import _backend, _checks
 from .._codes import Solver
+from .._cpp import propagate as steps
 from .._ref import propagate as solvers
 from ..ops import propagate as single
 from ..ops.propagate import Propagation
@@ -29,20 +32,37 @@ class _ShardOperator:
     """``S @ Z`` for row-sharded ``Z``: a halo gather of the referenced remote rows, then the local
     ``(num_rows, n_extended)`` sparse product."""
 
-    def __init__(self, graph: ShardedGraph, offsets: Tensor, group):
-        cols = graph.indices.to(torch.int64)
-        self.halo = Halo(cols, offsets, group)
+    def __init__(self, graph: ShardedGraph, halo: Halo):
+        self.halo = halo
         self.n = graph.num_rows
-        width = self.halo.n_local + int(self.halo.remote.numel())
+        width = halo.n_before + halo.n_local + halo.n_after
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            self.matrix = torch.sparse_csr_tensor(graph.indptr, self.halo.local_ids(cols), graph.values,
-                                                  (self.n, width), check_invariants=False)
+            self.matrix = torch.sparse_csr_tensor(graph.indptr, halo.local_ids(graph.indices).to(torch.int64),
+                                                  graph.values, (self.n, width), check_invariants=False)
 
     def __matmul__(self, z: Tensor) -> Tensor:
         ext = self.halo.gather(z)
         # the gather is collective: a rank without rows still serves its part of it
         return self.matrix @ ext if self.n else z.new_zeros(z.shape)
+
+
+def _solve(g: ShardedGraph, halo: Halo, y: Tensor, given: Tensor, o: dict, reduce):
+    """``(z, scores, oos, labels, confidence, weight, margin, residual, iterations, flips)`` of the local
+    rows; ``y`` is overwritten.  The extension's steps when the C++ backend serves these tensors (as
+    :func:`pysd.propagate` picks it, ``PYSD_BACKEND`` included), else the reference solvers."""
+    if _backend.select(OP, y.device.type)[0] == "cpp":
+        return steps.stepped(_backend.extension("_C"), g.indptr.contiguous(), halo.local_ids(g.indices).contiguous(),
+                             g.values.contiguous(), y, given, alpha=o["alpha"], solver=o["solver"],
+                             max_iter=o["max_iter"], tol=o["tol"], halo=(halo.n_before, halo.n_after),
+                             fill=halo.fill, reduce=reduce)
+    S = _ShardOperator(g, halo)
+    if o["solver"] == Solver.CG:
+        z, residual, it = solvers.cg(S, y, o["alpha"], o["max_iter"], o["tol"], reduce=reduce)
+        flips = -1
+    else:
+        z, residual, it, flips = solvers.iterate(S, y, o["alpha"], o["max_iter"], o["tol"], reduce=reduce)
+    return (z, *solvers.postprocess(S, z, given), residual, it, flips)
 
 
 def _local_inputs(local_graph, local_labels, mask, weights, num_classes):
@@ -103,8 +123,29 @@ def propagate(local_graph: ShardedGraph, local_labels, *, group=None, num_classe
         global maximum; ``issues`` holds the *global* ids of the local suspicious rows, ordered by
         margin within the rank.
 
-    Memory per rank: the single-process buffers for the n local rows, plus the halo rows
-    ``(h, C)`` of one gather.
+    What crosses the group, with ``h`` the remote rows this rank's columns reference (its halo), ``s``
+    the local rows its peers reference and C the classes:
+
+    * per ``"cg"`` iteration: one halo exchange of the search direction (``h * C`` values of the dtype
+      received, ``s * C`` sent; nothing on one rank) and **two all-reduces** of ``C`` float64
+      (``16 * C`` bytes): ``p . Ap`` for the step, then ``r . r`` for the direction and the stopping
+      test.  Each needs the pass the other feeds, so exact CG cannot fuse them.
+    * per ``"iterate"`` step: one halo exchange of Z and **one all-reduce** of ``C`` float64 (the
+      squared changes).
+    * once per call: the agreement on options and shards (an all-gather of small objects), the halo
+      plan (an all-gather of P int64 counts and one round of row requests), the all-reduces of the seed
+      class masses (C), of the initial column norms (C float64), of the flip count (iterate, 1 int64),
+      of the global weight maximum (1) and class counts (C), and one halo exchange of Z for
+      ``oos_scores``.
+
+    A group of one rank skips the all-reduces (they are the identity) and exchanges no halo.  On CPU
+    tensors with the C++ backend each step between the collectives is one call of the extension's solver
+    kernels (:func:`pysd._cpp.propagate.stepped`), so on one rank the results equal :func:`pysd.propagate`
+    bit for bit, at about its time; CUDA tensors and the numba / torch backends run the reference solvers
+    with the same collectives.
+
+    Memory per rank: the single-process buffers for the n local rows, with room for the halo rows
+    (``h * C``) in the buffers that are exchanged (cg: x and p; iterate: both iterates).
     """
     error, lab, kind, soft, s, w, extra = None, None, None, None, None, None, None
     try:
@@ -123,21 +164,18 @@ def propagate(local_graph: ShardedGraph, local_labels, *, group=None, num_classe
     if not any(e[3] for e in info):
         raise ValueError(f"pysd.distributed.{OP}: no seed rows on any rank (mask and labels select none)")
 
+    alone = len(info) == 1  # a group of one rank: every reduction is the identity (gloo costs ~0.2 ms a call)
+
     def reduce(t: Tensor, how=dist.ReduceOp.SUM) -> Tensor:
-        dist.all_reduce(t, op=how, group=group)
+        if not alone:
+            dist.all_reduce(t, op=how, group=group)
         return t
 
     g = local_graph
     seed = s["seed"] & ~single.isolated(g.indptr, g.values)
     y = single.seed_matrix(lab, soft, c, seed, w, class_mass_norm, g.dtype, reduce=reduce)
-    given = single.given_labels(lab, soft)
-    S = _ShardOperator(g, offsets, group)
-    if o["solver"] == Solver.CG:
-        z, residual, it = solvers.cg(S, y, o["alpha"], o["max_iter"], o["tol"], reduce=reduce)
-        flips = -1
-    else:
-        z, residual, it, flips = solvers.iterate(S, y, o["alpha"], o["max_iter"], o["tol"], reduce=reduce)
-    out = (z, *solvers.postprocess(S, z, given), residual)
+    given = single.given_labels(lab, soft).contiguous()
+    *out, it, flips = _solve(g, Halo(g.indices, offsets, group), y, given, o, reduce)
     res = single.finish(out, given, c, reduce=reduce, reduce_max=lambda t: reduce(t, dist.ReduceOp.MAX),
                         row_start=g.row_start)
     return Propagation(iterations=it, flips=flips, **{k: _checks.restore(v, kind) for k, v in res.items()})

@@ -60,6 +60,8 @@ template <typename T>
 struct PostArgs {
   int64_t cols = 0;
   const T* z = nullptr;             // solver output
+  const T* z_ext = nullptr;         // rows the neighbour gather reads (g.indices index it): z for a
+                                    // whole graph, the local rows with their halo for a shard
   const int64_t* given = nullptr;   // (n,) given label or -1
   T *scores = nullptr, *oos = nullptr;
   int64_t* labels = nullptr;        // (n,)
@@ -173,6 +175,49 @@ PYSD_HD void cg_direction(Column& c, double rr) {
 // Relative residual ||r|| / ||b|| of a column (0 for an empty column).
 PYSD_HD double cg_residual(const Column& c) { return c.bnorm > 0 ? sqrt(c.rho) / c.bnorm : 0.0; }
 
+// The column updates of one CG phase over all columns, from the column totals of the pass before
+// (b.b, p.q, r.r); the step / direction coefficients go to `step` / `beta` in the data type.
+// init and direction return whether any column is still active.
+inline bool cg_init_columns(Column* col, const double* bb, int64_t cols, double tol) {
+  bool any = false;
+  for (int64_t c = 0; c < cols; ++c) {
+    cg_init(col[c], bb[c], tol);
+    any |= col[c].active != 0;
+  }
+  return any;
+}
+
+template <typename T>
+void cg_step_columns(Column* col, const double* pq, T* step, int64_t cols) {
+  for (int64_t c = 0; c < cols; ++c) {
+    cg_step(col[c], pq[c]);
+    step[c] = T(col[c].a);
+  }
+}
+
+// The relative change ||dz|| / ||y|| of each column after a Zhou step, from the totals y.y and
+// dz.dz; returns whether every column has converged (||dz|| < tol ||y||, or no seed mass).
+inline bool zhou_check_columns(const double* yy, const double* d2, double* residual, int64_t cols, double tol) {
+  bool converged = true;
+  for (int64_t c = 0; c < cols; ++c) {
+    const double ynorm = sqrt(yy[c]), dnorm = sqrt(d2[c]);
+    residual[c] = ynorm > 0 ? dnorm / ynorm : 0.0;
+    converged &= !(ynorm > 0) || dnorm < tol * ynorm;
+  }
+  return converged;
+}
+
+template <typename T>
+bool cg_direction_columns(Column* col, const double* rr, T* beta, int64_t cols) {
+  bool any = false;
+  for (int64_t c = 0; c < cols; ++c) {
+    cg_direction(col[c], rr[c]);
+    beta[c] = T(col[c].b);
+    any |= col[c].active != 0;
+  }
+  return any;
+}
+
 // Running statistics of one clipped score row z+ = max(z, 0).
 template <typename A>
 struct RowStats {
@@ -232,6 +277,28 @@ void iterate_cpu(const Csr<float>& g, const IterArgs<float>& a, int64_t* iterati
 void iterate_cpu(const Csr<double>& g, const IterArgs<double>& a, int64_t* iterations, int64_t* flips);
 void post_cpu(const Csr<float>& g, const PostArgs<float>& a);
 void post_cpu(const Csr<double>& g, const PostArgs<double>& a);
+
+// Steps of the CPU solvers for a driver outside C++ (pysd.distributed runs the halo exchange and
+// the all-reduces between them).  Each is one OpenMP pass over the g.n local rows with the kernels
+// and the fixed block order of cg_cpu / iterate_cpu, so a driver that runs them in the order of
+// those solvers gets their results bit for bit.  `g.indices` index the `*_ext` arrays (the local
+// rows and the halo rows they reference); `sums` (cols,) receives the per-column sums over the
+// local rows of the squares of `src` (copy), p.q (matvec), r.r after the update (update) and the
+// squared change (zhou).
+template <typename T>
+void copy_step_cpu(const T* src, T* dst, T* zero, int64_t n, int64_t cols, double* sums);  // dst = src, zero = 0
+template <typename T>
+void matvec_step_cpu(const Csr<T>& g, const T* p_ext, const T* p, T* q, int64_t cols, double alpha, double* sums);
+template <typename T>
+void update_step_cpu(T* x, T* r, const T* p, const T* q, const T* step, int64_t n, int64_t cols, double* sums);
+template <typename T>
+void direction_step_cpu(T* p, const T* r, const T* beta, int64_t n, int64_t cols);
+template <typename T>
+void zhou_step_cpu(const Csr<T>& g, const T* y, const T* z_ext, const T* z, T* out, int64_t cols, double alpha,
+                   double* sums);
+template <typename T>
+int64_t flips_step_cpu(const T* z0, const T* z1, int64_t n, int64_t cols);
+
 int64_t cg_cuda(const Csr<float>& g, const CgArgs<float>& a, uintptr_t stream);
 int64_t cg_cuda(const Csr<double>& g, const CgArgs<double>& a, uintptr_t stream);
 std::pair<int64_t, int64_t> iterate_cuda(const Csr<float>& g, const IterArgs<float>& a, uintptr_t stream);
