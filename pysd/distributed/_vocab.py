@@ -1,0 +1,305 @@
+"""The engine of the vocabulary-parallel losses (:func:`pysd.distributed.kd_loss`,
+:func:`pysd.distributed.fused_linear_kd_loss`): rows chunk by chunk, each rank sweeping only its
+vocabulary shard, and per row only O(1) statistics crossing the group.
+
+Per chunk of ``c`` rows (every rank holds the same rows; shards split the classes):
+
+* dense teacher (a logits shard, or hidden states times a head shard), in torch on the chunk:
+  all-reduce MAX of the row maxima (student at ``1/T``, teacher at ``1/T``, student at 1), all-reduce
+  SUM of the sums of exponentials at those maxima (and the target logit, the row sum for label
+  smoothing, the teacher's mass for ``"probs"``), then, with the global log-normalizers known, an
+  all-reduce SUM of the divergence's partial sums (its value and ``sum_c q_c f_c`` for rkl / jsd), then
+  the gradient of the local logits.  Three collectives, at most ``3 + 5 + 2`` numbers per row.
+* :class:`pysd.SparseTeacher` (global ids): the piecewise kernels of
+  :mod:`pysd.ops.sparse_kd_loss` on the local pieces (``v0`` shifted by ``vocab_start``; each rank
+  sees only the teacher ids in its range), all-reduce MAX of the student's max, all-reduce SUM of the
+  rescaled statistics together with the ``k`` gathered student logits (each owned by one rank, the
+  others add 0), the jsd-uniform tail sweep and its SUM when needed, then finalize / apply.
+  ``8 + k`` numbers per row (``+ 2`` for jsd with a uniform tail).
+
+A *head* turns a chunk's context into logits over local classes ``[v0, v1)`` and takes their gradient
+back (``logits(ctx, v0, v1)``, ``backward(rows, ctx, z, g, v0, v1, first)``): the shard of given logits
+(:class:`ShardHead`) or the fused linear head of :mod:`pysd.ops.fused_linear_kd_loss`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .._codes import Divergence, Reduction, TeacherFormat, acc_dtype
+from ..ops import sparse_kd_loss as skd
+from ..ops.fused_linear_kd_loss import _chunk_logits
+from ._comm import agree
+
+BUDGET = 256 << 20  # bytes of chunk buffers per rank when the chunk is not given
+
+
+@dataclass
+class Shard:
+    """This rank's classes ``[start, start + width)`` of a vocabulary of ``vocab`` split over ``group``."""
+
+    group: object
+    start: int
+    width: int
+    vocab: int
+
+
+def layout(op: str, group, config: tuple, error: Optional[str], start, width: int, rows: int) -> Tuple[Shard, int]:
+    """Agree on options and local validity (ValueError on every rank if any rank failed or the options
+    differ), then on the vocabulary: the shards must tile ``[0, V)`` without gap or overlap.  Returns
+    the shard and the chunk rows (the smallest any rank asked for)."""
+    extras = agree(op, group, config, error, (start, width, rows))
+    spans = sorted((s, w) for s, w, _ in extras)
+    at = 0
+    for r, (s, w) in enumerate(spans):
+        if s != at:
+            raise ValueError(f"pysd.distributed.{op}: the vocabulary shards (vocab_start, width) {spans} do not "
+                             f"tile [0, V): a shard starts at {s} where {at} was expected")
+        at += w
+    return Shard(group, start, width, at), max(1, min(c for _, _, c in extras))
+
+
+def budget_rows(width: int, per_class: int) -> int:
+    """Rows of one chunk whose ``per_class`` bytes per local class fit in :data:`BUDGET`."""
+    return max(1, BUDGET // max(1, width * per_class))
+
+
+def _all_reduce(t: Tensor, op, group) -> Tensor:
+    if t.numel():
+        dist.all_reduce(t, op=op, group=group)
+    return t
+
+
+class ShardHead:
+    """A head over given logits ``s (N, V_r)``: the chunk's context is its rows of ``s``; the gradient
+    goes into one ``(N, V_r)`` buffer (the only full-size allocation)."""
+
+    def __init__(self, s: Tensor, compute_grad: bool):
+        self.s = s
+        self.grad = torch.zeros_like(s, memory_format=torch.contiguous_format) if compute_grad else None
+
+    def context(self, rows: Tensor) -> Tensor:
+        return self.s[rows]
+
+    def logits(self, ctx: Tensor, v0: int, v1: int) -> Tensor:
+        return ctx[:, v0:v1]
+
+    def backward(self, rows, ctx, z, g, v0, v1, first) -> None:
+        self.grad[rows, v0:v1] = g.to(self.grad.dtype)
+
+
+# --------------------------------------------------------------------------- dense teacher
+
+
+@dataclass
+class Dense:
+    """A dense teacher shard: logits ``(N, V_r)`` or hidden states ``(N, H_t)`` with ``weight (V_r, H_t)``."""
+
+    teacher: Tensor
+    weight: Optional[Tensor] = None
+    bias: Optional[Tensor] = None
+    cap: float = 0.0
+
+    def rows(self, rows: Tensor) -> Tensor:
+        t = self.teacher[rows]
+        return t if self.weight is None else _chunk_logits(t, self.weight, self.bias, self.cap)
+
+
+def _dense_stats(s, t, yc, o, shard):
+    """Global log-normalizers and sums of one chunk, a dict of ``(c,)`` tensors (two collectives)."""
+    probs = o["teacher_format"] == TeacherFormat.PROBS
+    soft, hard = t is not None, yc is not None
+    a = s / o["temperature"] if soft else None
+    u = t / o["temperature"] if soft and not probs else None
+    st = {"a": a, "u": u}
+    terms = [(name, x) for name, x in (("z", a), ("t", u), ("1", s if hard else None)) if x is not None]
+    if not terms:
+        return st
+    mx = _all_reduce(torch.stack([x.amax(1) for _, x in terms], 1), dist.ReduceOp.MAX, shard.group)
+    cols = [torch.exp(x - mx[:, i:i + 1]).sum(1) for i, (_, x) in enumerate(terms)]
+    if soft and probs:
+        cols.append(t.sum(1))
+    if hard:
+        local = (yc >= shard.start) & (yc < shard.start + shard.width)
+        idx = torch.where(local, yc - shard.start, 0).unsqueeze(1)
+        cols.append(torch.where(local, s.gather(1, idx).squeeze(1), 0.0))
+        cols.append(s.sum(1) if o["label_smoothing"] != 0.0 else torch.zeros_like(cols[-1]))
+        st["local_y"] = local
+    sums = _all_reduce(torch.stack(cols, 1), dist.ReduceOp.SUM, shard.group)
+    for i, (name, _) in enumerate(terms):
+        st["lse_" + name] = mx[:, i] + torch.log(sums[:, i])
+    j = len(terms)
+    if soft and probs:
+        st["mass_p"] = sums[:, j]
+        j += 1
+    if hard:
+        st["sy"], st["ssum"] = sums[:, j], sums[:, j + 1]
+    return st
+
+
+def _where_pos(w: Tensor, x: Tensor) -> Tensor:
+    """``w * x`` with ``0 * anything = 0`` where ``w == 0``."""
+    return torch.where(w > 0, w * x, torch.zeros_like(x))
+
+
+def _dense_soft(st, t, o, shard):
+    """The soft term of a chunk: (divergence (c,), gradient w.r.t. ``s/T`` (c, V_r)); one collective."""
+    div, beta = o["divergence"], o["beta"]
+    logq = st["a"] - st["lse_z"].unsqueeze(1)
+    q = torch.exp(logq)
+    if o["teacher_format"] == TeacherFormat.PROBS:
+        p, logp = t, torch.log(t)
+    else:
+        logp = st["u"] - st["lse_t"].unsqueeze(1)
+        p = torch.exp(logp)
+    if div == Divergence.FKL:
+        part = _all_reduce(_where_pos(p, logp - logq).sum(1, keepdim=True), dist.ReduceOp.SUM, shard.group)
+        mass = st.get("mass_p")
+        gz = (q if mass is None else mass.unsqueeze(1) * q) - p
+        return part[:, 0], gz
+    if div == Divergence.RKL:
+        f, scale = logq - logp, 1.0
+        qf = _where_pos(q, f)
+        part = _all_reduce(qf.sum(1, keepdim=True), dist.ReduceOp.SUM, shard.group)
+        d, g_sum = part[:, 0], part[:, 0]
+    else:
+        logm = torch.logaddexp(math.log(beta) + logp, math.log(1.0 - beta) + logq)
+        f, scale = logq - logm, 1.0 - beta
+        qf = _where_pos(q, f)
+        local = torch.stack([beta * _where_pos(p, logp - logm).sum(1) + scale * qf.sum(1), qf.sum(1)], 1)
+        part = _all_reduce(local, dist.ReduceOp.SUM, shard.group)
+        d, g_sum = part[:, 0], part[:, 1]
+    gz = scale * _where_pos(q, f - g_sum.unsqueeze(1))
+    return d, gz
+
+
+def dense_chunk(z: Tensor, t: Optional[Tensor], yc, wc, grad_scale, o: dict, shard: Shard, compute_grad: bool):
+    """Row losses ``(c,)`` (weighted) and the gradient of the reduced loss w.r.t. the local logits
+    ``z (c, V_r)`` (None without ``compute_grad``), computed in the accumulation dtype."""
+    acc = acc_dtype(z.dtype)
+    s = z.to(acc)
+    soft = t is not None and o["soft_coef"] != 0.0
+    hard = yc is not None and o["hard_weight"] != 0.0
+    t = t.to(acc) if soft else None
+    st = _dense_stats(s, t, yc if hard else None, o, shard)
+    rows = s.new_zeros(s.shape[0])
+    g = torch.zeros_like(s) if compute_grad else None
+    if hard:
+        hw, eps = o["hard_weight"], o["label_smoothing"]
+        lse1 = st["lse_1"]
+        rows += hw * ((1.0 - eps) * (lse1 - st["sy"]) + eps * (lse1 - st["ssum"] / shard.vocab))
+        if compute_grad:
+            g += hw * (torch.exp(s - lse1.unsqueeze(1)) - eps / shard.vocab)
+            local = st["local_y"].nonzero().squeeze(1)
+            g[local, yc[local] - shard.start] -= hw * (1.0 - eps)
+    if soft:
+        d, gz = _dense_soft(st, t, o, shard)
+        rows += o["soft_coef"] * d
+        if compute_grad:
+            g += (o["soft_coef"] / o["temperature"]) * gz
+    if wc is not None:
+        rows = rows * wc
+    if compute_grad:
+        g *= grad_scale.to(acc) * (wc.unsqueeze(1) if wc is not None else 1.0)
+    return rows, g
+
+
+# --------------------------------------------------------------------------- sparse teacher
+
+
+def _reduce_sparse(stats: Tensor, gathered: Tensor, temperature: float, group) -> Tuple[Tensor, Tensor]:
+    """Statistics and gathered logits of every rank's pieces combined: MAX of the max, then one SUM."""
+    mx = _all_reduce(stats[:, 0].clone(), dist.ReduceOp.MAX, group)
+    stats = skd.rescale_stats(stats, mx, temperature)
+    buf = _all_reduce(torch.cat([stats[:, 1:], gathered], 1), dist.ReduceOp.SUM, group)
+    stats[:, 1:] = buf[:, :skd.NUM_STATS - 1]
+    return stats, buf[:, skd.NUM_STATS - 1:].contiguous()  # the kernels read (N, k) rows densely
+
+
+def sparse_chunk(head, ctx, rows, plan, shard: Shard, cols: int, compute_grad: bool) -> Tensor:
+    """Row losses ``(c,)`` of one chunk against a sparse teacher; the head takes the logits gradient.
+    The local shard is swept in pieces of ``cols`` classes (one piece: its logits are kept between the
+    statistics and the gradient; several: recomputed, never more than ``(c, cols)`` at once)."""
+    spans = [(v0, min(shard.width, v0 + cols)) for v0 in range(0, shard.width, cols)]
+    kept = {}
+    piece = (lambda v0, v1: kept[v0] if v0 in kept else head.logits(ctx, v0, v1))
+    stats, gathered = plan.new_stats()
+    for v0, v1 in spans:
+        z = head.logits(ctx, v0, v1)
+        if len(spans) == 1:
+            kept[v0] = z
+        skd.sparse_kd_stats(plan, z, shard.start + v0, stats, gathered)
+    stats, gathered = _reduce_sparse(stats, gathered, plan.options["temperature"], shard.group)
+    if plan.needs_jsd_tail:
+        mine = stats.clone()
+        mine[:, 6:8] = 0.0
+        for v0, v1 in spans:
+            skd.sparse_kd_jsd_tail(plan, piece(v0, v1), shard.start + v0, mine)
+        stats[:, 6:8] = _all_reduce(mine[:, 6:8].contiguous(), dist.ReduceOp.SUM, shard.group)
+    out, coef, delta = skd.sparse_kd_finalize(plan, stats, gathered)
+    if compute_grad:
+        for i, (v0, v1) in enumerate(spans):
+            z = piece(v0, v1)
+            g = skd.sparse_kd_apply(plan, z, shard.start + v0, coef, delta)
+            head.backward(rows, ctx, z, g, v0, v1, i == 0)
+    return out
+
+
+# --------------------------------------------------------------------------- both
+
+
+@dataclass
+class Problem:
+    """One validated call: targets / row weights ``(N,)`` (or None), the reduction scale, the kernel
+    options, the teacher (:class:`Dense`, or the sparse ids / values ``(N, k)``) and the chunking."""
+
+    n: int
+    target: Optional[Tensor]
+    weight: Optional[Tensor]
+    grad_scale: Tensor
+    options: dict
+    dense: Optional[Dense]
+    sparse: Optional[Tuple[Tensor, Tensor]]
+    dtype: torch.dtype
+    chunk_rows: int
+    chunk_cols: int
+
+
+def run(head, pb: Problem, shard: Shard, compute_grad: bool, row_weight: Optional[Tensor] = None) -> Tensor:
+    """Row losses ``(N,)`` (accumulation dtype, 0 on ignored rows); with ``compute_grad`` the head
+    holds the gradient of the reduced loss (``row_weight``, if given, replaces the row weights)."""
+    w = pb.weight if row_weight is None else row_weight
+    y = pb.target
+    dev = pb.grad_scale.device
+    losses = torch.zeros(pb.n, dtype=acc_dtype(pb.dtype), device=dev)
+    valid = torch.arange(pb.n, device=dev) if y is None else (y != pb.options["ignore_index"]).nonzero().squeeze(1)
+    chunks: List[Tensor] = [valid[i:i + pb.chunk_rows] for i in range(0, valid.numel(), pb.chunk_rows)]
+    for rows in chunks:
+        ctx = head.context(rows)
+        yc = None if y is None else y[rows]
+        wc = None if w is None else w[rows]
+        if pb.sparse is not None:
+            plan = skd.SparsePlan(shard.vocab, pb.sparse[0][rows], pb.sparse[1][rows], yc, wc, pb.grad_scale,
+                                  pb.options, pb.dtype, Reduction.SUM)
+            losses[rows] = sparse_chunk(head, ctx, rows, plan, shard, pb.chunk_cols, compute_grad)
+            continue
+        z = head.logits(ctx, 0, shard.width)
+        t = None if pb.dense is None else pb.dense.rows(rows)
+        out, g = dense_chunk(z, t, yc, wc, pb.grad_scale, pb.options, shard, compute_grad)
+        losses[rows] = out
+        if compute_grad:
+            head.backward(rows, ctx, z, g.to(z.dtype), 0, shard.width, True)
+    return losses
+
+
+def reduce_rows(rows: Tensor, grad_scale: Tensor, reduction: int, dtype: torch.dtype) -> Tensor:
+    """The loss as the single-process ops return it."""
+    if reduction == Reduction.NONE:
+        return rows.to(dtype)
+    return (rows.sum() * grad_scale.to(rows.dtype)).to(dtype)
