@@ -88,13 +88,14 @@ def _config(*items) -> str:
     return repr(tuple(one(x) for x in items))
 
 
-def _collective(op: str, group, config: str, start, width: int, rows: int, local, resolve):
-    """Local checks (``local()``), agreement on them and on the vocabulary layout, then the checks
-    that need the global vocabulary ``V`` (``resolve(V)``), agreed with one flag.  A failure on any
-    rank raises ValueError on every rank before any data collective."""
-    error = None
+def _collective(op: str, group, config: str, start, width: int, local, resolve):
+    """Local checks (``local()``, which returns the chunk rows this rank asks for), agreement on them
+    and on the vocabulary layout, then the checks that need the global vocabulary ``V``
+    (``resolve(V, chunk_rows)``), agreed with one flag.  A failure on any rank raises ValueError on
+    every rank before any data collective."""
+    error, rows = None, 1
     try:
-        local()
+        rows = local()
     except Exception as exc:  # noqa: BLE001  (any local failure must reach the other ranks)
         error = message(op, exc)
     shard, chunk_rows = layout(op, group, config, error, start, width, rows)
@@ -224,6 +225,7 @@ def kd_loss(student_logits: Tensor, teacher=None, target: Optional[Tensor] = Non
         if _checks.finite_option(check_finite):
             for name, t in (("student_logits", s), ("teacher", teacher if kind == DENSE else None), ("weight", weight)):
                 _checks.finite(KD, name, t)
+        return budget_rows(width, 8 * acc_dtype(s.dtype).itemsize)
 
     def resolve(v, chunk_rows):
         x = _rows_view(s, width)
@@ -231,8 +233,7 @@ def kd_loss(student_logits: Tensor, teacher=None, target: Optional[Tensor] = Non
         return x, _problem(x, x.shape[0], v, kind, t if kind == DENSE else teacher, target, weight, normalizer,
                            reduction, chunk_rows, width, teacher is not None, kw)
 
-    rows_hint = budget_rows(width, 8 * acc_dtype(s.dtype).itemsize) if is_t and s.dtype.is_floating_point else 1
-    shard, (x, pb) = _collective(KD, process_group, config, vocab_start, width, rows_hint, local, resolve)
+    shard, (x, pb) = _collective(KD, process_group, config, vocab_start, width, local, resolve)
     red = Reduction[reduction.upper()]
     loss = _ShardLoss.apply(x, pb, shard, red, compute_grad)
     return loss.reshape(s.shape[:-1]) if red == Reduction.NONE else loss
