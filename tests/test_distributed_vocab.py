@@ -44,6 +44,12 @@ OPTIONS = (dict(), dict(temperature=2.0, label_smoothing=0.1, use_weight=True),
            dict(reduction="batchmean", label_smoothing=0.2), dict(normalizer=True, teacher_format="logprobs"))
 
 
+def _backward(loss):
+    """Backward with a different upstream gradient per row for reduction="none"."""
+    up = torch.linspace(0.5, 2.0, loss.numel(), dtype=loss.dtype).reshape(loss.shape) if loss.dim() else 1.0
+    (loss * up).sum().backward()
+
+
 def _close(a, b, tol, what):
     a, b = a.detach().double(), b.detach().double()
     scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
@@ -79,10 +85,10 @@ def _check_kd(d, kind, kw, lo, hi, group, tol):
     t_full, t_part, _, _ = _teachers(d, kind, lo, hi)
     s = d["s"].clone().requires_grad_()
     ref = pysd.kd_loss(s, t_full, d["y"], **kw)
-    ref.sum().backward()
+    _backward(ref)
     part = d["s"][:, lo:hi].clone().requires_grad_()
     out = pysd.distributed.kd_loss(part, t_part, d["y"], process_group=group, vocab_start=lo, **kw)
-    out.sum().backward()
+    _backward(out)
     _close(out, ref, tol, f"kd_loss {kind} {kw} loss")
     _close(part.grad, s.grad[:, lo:hi], tol, f"kd_loss {kind} {kw} grad")
 
@@ -96,13 +102,13 @@ def _check_fused(d, kind, kw, lo, hi, group, tol, chunk=None, reduce_input_grad=
     kw = dict(kw, logit_softcap=5.0) if kind == "hidden" else kw
     x, w, b = (d[k].clone().requires_grad_() for k in "xwb")
     ref = pysd.fused_linear_kd_loss(x, w, t_full, d["y"], student_bias=b, **ext_full, **kw)
-    ref.sum().backward()
+    _backward(ref)
     xp = d["x"].clone().requires_grad_()
     wp, bp = (d[k][lo:hi].clone().requires_grad_() for k in "wb")
     out = pysd.distributed.fused_linear_kd_loss(xp, wp, t_part, d["y"], process_group=group, vocab_start=lo,
                                                 student_bias=bp, chunk_size=chunk,
                                                 reduce_input_grad=reduce_input_grad, **ext_part, **kw)
-    out.sum().backward()
+    _backward(out)
     what = f"fused {kind} {kw} chunk={chunk}"
     _close(out, ref, tol, what + " loss")
     _close(wp.grad, w.grad[lo:hi], tol, what + " grad weight")
@@ -180,6 +186,8 @@ def _errors(rank, d, lo, hi):
         (dict(divergence="rkl" if rank == 0 else "fkl"), "differs"),
         (dict(vocab_start=lo + (rank == 1)), "tile"),
     ]
+    with pytest.raises(ValueError, match="differs"):  # another number of rows on one rank
+        pysd.distributed.kd_loss(part[:N - rank], None, d["y"][:N - rank], vocab_start=lo)
     for kw, match in bad_on_one:
         kw = dict(dict(vocab_start=lo), **kw)
         with pytest.raises(ValueError, match=match):

@@ -65,6 +65,13 @@ def layout(op: str, group, config: tuple, error: Optional[str], start, width: in
     return Shard(group, start, width, at), max(1, min(c for _, _, c in extras))
 
 
+def check_sparse_device(op: str, device: torch.device) -> None:
+    """The piecewise sparse-teacher kernels run on the CPU only (``pysd._C``)."""
+    if device.type != "cpu":
+        raise ValueError(f"{op}: a SparseTeacher needs CPU tensors here (the piecewise sparse kernels run on the "
+                         f"CPU only), got {device}; give the teacher as a dense logits shard or hidden states")
+
+
 def budget_rows(width: int, per_class: int) -> int:
     """Rows of one chunk whose ``per_class`` bytes per local class fit in :data:`BUDGET`."""
     return max(1, BUDGET // max(1, width * per_class))

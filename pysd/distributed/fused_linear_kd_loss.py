@@ -15,7 +15,7 @@ from .._codes import Reduction, acc_dtype
 from ..ops.fused_linear_kd_loss import HIDDEN, SPARSE, _check_linear, _chunk_plan, _Head, _teacher_kind
 from ..ops.kd_loss import _check_companion
 from ..sparse_teacher import SparseTeacher
-from ._vocab import Dense, budget_rows, reduce_rows, run
+from ._vocab import Dense, budget_rows, check_sparse_device, reduce_rows, run
 from .kd_loss import _collective, _config, _problem
 
 OP = "fused_linear_kd_loss"
@@ -148,6 +148,8 @@ def fused_linear_kd_loss(student_input: Tensor, student_weight: Tensor, teacher,
         _checks.boolean(OP, "reduce_input_grad", reduce_input_grad)
         batch = x.shape[:-1]
         state["kind"] = k = _teacher_kind(teacher, teacher_weight, teacher_bias, batch, x.device)
+        if k == SPARSE:
+            check_sparse_device(OP, x.device)
         vt = teacher_weight.shape[0] if k == HIDDEN else (teacher.shape[-1] if k != SPARSE else width)
         if vt != width:
             raise ValueError(f"{OP}: the teacher covers {vt} classes on this rank, the student shard {width}: "

@@ -17,7 +17,7 @@ from ..ops.kd_loss import _check_companion, _check_normalizer, _check_student, _
 from ..ops.sparse_kd_loss import sparse_kd_plan
 from ..sparse_teacher import SparseTeacher
 from ._comm import agree_flag, message
-from ._vocab import Dense, Problem, ShardHead, budget_rows, layout, reduce_rows, run
+from ._vocab import Dense, Problem, ShardHead, budget_rows, check_sparse_device, layout, reduce_rows, run
 
 OP = "global_normalizer"
 
@@ -217,6 +217,8 @@ def kd_loss(student_logits: Tensor, teacher=None, target: Optional[Tensor] = Non
         _check_companion("weight", weight, s.shape[:-1], s.device)
         if teacher is None and target is None:
             raise ValueError("kd_loss: give a teacher (soft term), a target (hard term), or both")
+        if kind == SPARSE:
+            check_sparse_device(KD, s.device)
         if kind == SPARSE and teacher.shape != s.shape[:-1]:
             raise ValueError(f"kd_loss: the SparseTeacher's rows {tuple(teacher.shape)} must match student_logits "
                              f"without V_r {tuple(s.shape[:-1])}")
