@@ -46,13 +46,14 @@ def _data():
 
 
 class _Counter:
-    """Bytes of the tensors this rank hands to all_reduce / all_gather_into_tensor: the per-row
+    """Bytes of the tensors this rank hands to all_reduce / all-gathers into a tensor: the per-row
     statistics, and apart from them the ``(N, H)`` input gradient's all-reduce in backward (which a
     column-parallel head has in any recipe)."""
 
     def __init__(self):
         self.bytes, self.input_grad = 0, 0
-        self._orig = (dist.all_reduce, dist.all_gather_into_tensor)
+        gather = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
+        self._orig = (dist.all_reduce, getattr(dist, gather))
 
         def all_reduce(t, *a, **k):
             if t.shape == (N, H):
@@ -65,7 +66,8 @@ class _Counter:
             self.bytes += out.numel() * out.element_size()
             return self._orig[1](out, t, *a, **k)
 
-        dist.all_reduce, dist.all_gather_into_tensor = all_reduce, all_gather
+        dist.all_reduce = all_reduce
+        setattr(dist, gather, all_gather)
 
 
 def _check(pysd, data, lo, hi):

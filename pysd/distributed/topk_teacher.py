@@ -11,7 +11,7 @@ from .._codes import FLOATS, Tail, TeacherFormat, acc_dtype, options
 from ..ops.kd_loss import _rows_view
 from ..ops.topk_teacher import topk_teacher as _local_topk
 from ..sparse_teacher import SparseTeacher
-from ._comm import message
+from ._comm import all_gather_rows, message
 from ._vocab import layout
 
 OP = "topk_teacher"
@@ -90,7 +90,7 @@ def topk_teacher(teacher_logits_shard: Tensor, k: int, *, process_group=None, vo
     p = dist.get_world_size(process_group)
     cand = torch.empty((p * n, 2 * k + 1), dtype=mine.dtype, device=x.device)
     if n:
-        dist.all_gather_into_tensor(cand, mine, group=process_group)
+        all_gather_rows(cand, mine, process_group)
     ids, top, lse = _merge(cand.view(p, n, 2 * k + 1), k)
     vals = top if format == "logits" else top - lse.unsqueeze(1)
     if format == "probs":
