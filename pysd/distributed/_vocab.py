@@ -119,17 +119,22 @@ class Dense:
 
 
 def _dense_stats(s, t, yc, o, shard):
-    """Global log-normalizers and sums of one chunk, a dict of ``(c,)`` tensors (two collectives)."""
+    """Global log-normalizers ``lse_*`` and sums ``(c,)`` of one chunk, and the softmaxes of its local
+    columns over the full vocabulary ``q_z`` (student at ``1/T``), ``q_t`` (teacher), ``q_1`` (student
+    at 1, the same tensor as ``q_z`` when ``T == 1``); two collectives."""
     probs = o["teacher_format"] == TeacherFormat.PROBS
     soft, hard = t is not None, yc is not None
+    same = soft and hard and o["temperature"] == 1.0
     a = s / o["temperature"] if soft else None
     u = t / o["temperature"] if soft and not probs else None
     st = {"a": a, "u": u}
-    terms = [(name, x) for name, x in (("z", a), ("t", u), ("1", s if hard else None)) if x is not None]
+    terms = [(name, x) for name, x in (("z", a), ("t", u), ("1", s if hard and not same else None))
+             if x is not None]
     if not terms:
         return st
     mx = _all_reduce(torch.stack([x.amax(1) for _, x in terms], 1), dist.ReduceOp.MAX, shard.group)
-    cols = [torch.exp(x - mx[:, i:i + 1]).sum(1) for i, (_, x) in enumerate(terms)]
+    exps = [torch.exp(x - mx[:, i:i + 1]) for i, (_, x) in enumerate(terms)]
+    cols = [e.sum(1) for e in exps]
     if soft and probs:
         cols.append(t.sum(1))
     if hard:
@@ -141,6 +146,9 @@ def _dense_stats(s, t, yc, o, shard):
     sums = _all_reduce(torch.stack(cols, 1), dist.ReduceOp.SUM, shard.group)
     for i, (name, _) in enumerate(terms):
         st["lse_" + name] = mx[:, i] + torch.log(sums[:, i])
+        st["q_" + name] = exps[i].div_(sums[:, i:i + 1])
+    if same:
+        st["lse_1"], st["q_1"] = st["lse_z"], st["q_z"]
     j = len(terms)
     if soft and probs:
         st["mass_p"] = sums[:, j]
@@ -158,13 +166,11 @@ def _where_pos(w: Tensor, x: Tensor) -> Tensor:
 def _dense_soft(st, t, o, shard):
     """The soft term of a chunk: (divergence (c,), gradient w.r.t. ``s/T`` (c, V_r)); one collective."""
     div, beta = o["divergence"], o["beta"]
-    logq = st["a"] - st["lse_z"].unsqueeze(1)
-    q = torch.exp(logq)
+    logq, q = st["a"] - st["lse_z"].unsqueeze(1), st["q_z"]
     if o["teacher_format"] == TeacherFormat.PROBS:
         p, logp = t, torch.log(t)
     else:
-        logp = st["u"] - st["lse_t"].unsqueeze(1)
-        p = torch.exp(logp)
+        p, logp = st["q_t"], st["u"] - st["lse_t"].unsqueeze(1)
     if div == Divergence.FKL:
         part = _all_reduce(_where_pos(p, logp - logq).sum(1, keepdim=True), dist.ReduceOp.SUM, shard.group)
         mass = st.get("mass_p")
@@ -202,7 +208,7 @@ def dense_chunk(z: Tensor, t: Optional[Tensor], yc, wc, grad_scale, o: dict, sha
         lse1 = st["lse_1"]
         rows += hw * ((1.0 - eps) * (lse1 - st["sy"]) + eps * (lse1 - st["ssum"] / shard.vocab))
         if compute_grad:
-            g += hw * (torch.exp(s - lse1.unsqueeze(1)) - eps / shard.vocab)
+            g += hw * (st["q_1"] - eps / shard.vocab)
             local = st["local_y"].nonzero().squeeze(1)
             g[local, yc[local] - shard.start] -= hw * (1.0 - eps)
     if soft:
