@@ -125,8 +125,9 @@ def _dense_stats(s, t, yc, o, shard):
     probs = o["teacher_format"] == TeacherFormat.PROBS
     soft, hard = t is not None, yc is not None
     same = soft and hard and o["temperature"] == 1.0
-    a = s / o["temperature"] if soft else None
-    u = t / o["temperature"] if soft and not probs else None
+    inv_t = 1.0 / o["temperature"]
+    a = (s if inv_t == 1.0 else s * inv_t) if soft else None
+    u = (t if inv_t == 1.0 else t * inv_t) if soft and not probs else None
     st = {"a": a, "u": u}
     terms = [(name, x) for name, x in (("z", a), ("t", u), ("1", s if hard and not same else None))
              if x is not None]
@@ -158,38 +159,42 @@ def _dense_stats(s, t, yc, o, shard):
     return st
 
 
-def _where_pos(w: Tensor, x: Tensor) -> Tensor:
-    """``w * x`` with ``0 * anything = 0`` where ``w == 0``."""
-    return torch.where(w > 0, w * x, torch.zeros_like(x))
+def _pdot(w: Tensor, x: Tensor) -> Tensor:
+    """``sum_c w_c x_c`` per row with ``0 * anything = 0`` (``x`` is overwritten where ``w == 0``)."""
+    return (w * x.masked_fill_(w <= 0, 0.0)).sum(1)
+
+
+def _col(v: Tensor) -> Tensor:
+    return v.unsqueeze(1)
 
 
 def _dense_soft(st, t, o, shard):
-    """The soft term of a chunk: (divergence (c,), gradient w.r.t. ``s/T`` (c, V_r)); one collective."""
-    div, beta = o["divergence"], o["beta"]
-    logq, q = st["a"] - st["lse_z"].unsqueeze(1), st["q_z"]
-    if o["teacher_format"] == TeacherFormat.PROBS:
-        p, logp = t, torch.log(t)
-    else:
-        p, logp = st["q_t"], st["u"] - st["lse_t"].unsqueeze(1)
-    if div == Divergence.FKL:
-        part = _all_reduce(_where_pos(p, logp - logq).sum(1, keepdim=True), dist.ReduceOp.SUM, shard.group)
-        mass = st.get("mass_p")
-        gz = (q if mass is None else mass.unsqueeze(1) * q) - p
-        return part[:, 0], gz
+    """The soft term of a chunk: (divergence ``(c,)``, gradient w.r.t. ``s/T`` ``(c, V_r)``, a fresh
+    tensor); one collective.  ``log q = a - lse_z``, ``log p = u - lse_t`` (or ``log t`` for probs)."""
+    div, beta, probs = o["divergence"], o["beta"], o["teacher_format"] == TeacherFormat.PROBS
+    a, q, lse_z = st["a"], st["q_z"], st["lse_z"]
+    p = t if probs else st["q_t"]
+    if div == Divergence.FKL:  # sum p (log p - log q) = sum p (u - a) + (lse_z - lse_t) sum p
+        diff = torch.log(t).sub_(a) if probs else st["u"] - a
+        part = _all_reduce(_pdot(p, diff), dist.ReduceOp.SUM, shard.group)
+        mass = st["mass_p"] if probs else None
+        offset = lse_z * mass if probs else lse_z - st["lse_t"]
+        gz = torch.sub(q, p) if mass is None else (q * _col(mass)).sub_(p)
+        return part + offset, gz
+    logp = torch.log(t) if probs else st["u"] - _col(st["lse_t"])
     if div == Divergence.RKL:
-        f, scale = logq - logp, 1.0
-        qf = _where_pos(q, f)
-        part = _all_reduce(qf.sum(1, keepdim=True), dist.ReduceOp.SUM, shard.group)
-        d, g_sum = part[:, 0], part[:, 0]
+        f, scale = (a - _col(lse_z)).sub_(logp), 1.0  # log q - log p
+        part = _all_reduce(_pdot(q, f), dist.ReduceOp.SUM, shard.group)
+        d, g_sum = part, part
     else:
-        logm = torch.logaddexp(math.log(beta) + logp, math.log(1.0 - beta) + logq)
-        f, scale = logq - logm, 1.0 - beta
-        qf = _where_pos(q, f)
-        local = torch.stack([beta * _where_pos(p, logp - logm).sum(1) + scale * qf.sum(1), qf.sum(1)], 1)
+        logq = a - _col(lse_z)
+        logm = torch.logaddexp(logp + math.log(beta), logq + math.log(1.0 - beta))
+        f, scale = logq.sub_(logm), 1.0 - beta  # log q - log m
+        qf = _pdot(q, f)
+        local = torch.stack([beta * _pdot(p, logp.sub_(logm)) + scale * qf, qf], 1)
         part = _all_reduce(local, dist.ReduceOp.SUM, shard.group)
         d, g_sum = part[:, 0], part[:, 1]
-    gz = scale * _where_pos(q, f - g_sum.unsqueeze(1))
-    return d, gz
+    return d, f.sub_(_col(g_sum)).mul_(q).mul_(scale)  # q (f - sum q f); f was zeroed where q == 0
 
 
 def dense_chunk(z: Tensor, t: Optional[Tensor], yc, wc, grad_scale, o: dict, shard: Shard, compute_grad: bool):
@@ -202,25 +207,28 @@ def dense_chunk(z: Tensor, t: Optional[Tensor], yc, wc, grad_scale, o: dict, sha
     t = t.to(acc) if soft else None
     st = _dense_stats(s, t, yc if hard else None, o, shard)
     rows = s.new_zeros(s.shape[0])
-    g = torch.zeros_like(s) if compute_grad else None
+    g = None
+    if soft:
+        d, gz = _dense_soft(st, t, o, shard)
+        rows += o["soft_coef"] * d
+        g = gz.mul_(o["soft_coef"] / o["temperature"]) if compute_grad else None
     if hard:
         hw, eps = o["hard_weight"], o["label_smoothing"]
         lse1 = st["lse_1"]
         rows += hw * ((1.0 - eps) * (lse1 - st["sy"]) + eps * (lse1 - st["ssum"] / shard.vocab))
         if compute_grad:
-            g += hw * (st["q_1"] - eps / shard.vocab)
+            g = st["q_1"] * hw if g is None else g.add_(st["q_1"], alpha=hw)
+            if eps != 0.0:
+                g.sub_(hw * eps / shard.vocab)
             local = st["local_y"].nonzero().squeeze(1)
             g[local, yc[local] - shard.start] -= hw * (1.0 - eps)
-    if soft:
-        d, gz = _dense_soft(st, t, o, shard)
-        rows += o["soft_coef"] * d
-        if compute_grad:
-            g += (o["soft_coef"] / o["temperature"]) * gz
     if wc is not None:
         rows = rows * wc
-    if compute_grad:
-        g *= grad_scale.to(acc) * (wc.unsqueeze(1) if wc is not None else 1.0)
-    return rows, g
+    if not compute_grad:
+        return rows, None
+    if g is None:
+        return rows, torch.zeros_like(s)
+    return rows, g.mul_(grad_scale.to(acc) * (_col(wc) if wc is not None else 1.0))
 
 
 # --------------------------------------------------------------------------- sparse teacher
