@@ -74,7 +74,7 @@ def _teachers(d, kind, lo, hi):
     if kind in ("dense", "hidden"):
         full = dict(teacher_weight=d["wt"], teacher_bias=d["bt"]) if kind == "hidden" else {}
         part = dict(teacher_weight=d["wt"][lo:hi], teacher_bias=d["bt"][lo:hi]) if kind == "hidden" else {}
-        return d["t"], d["t"][:, lo:hi], full, part
+        return d["t"], d["t"][..., lo:hi], full, part
     if kind == "none":
         return None, None, {}, {}
     st = _sparse(d["t"], kind)
@@ -86,11 +86,11 @@ def _check_kd(d, kind, kw, lo, hi, group, tol):
     s = d["s"].clone().requires_grad_()
     ref = pysd.kd_loss(s, t_full, d["y"], **kw)
     _backward(ref)
-    part = d["s"][:, lo:hi].clone().requires_grad_()
+    part = d["s"][..., lo:hi].clone().requires_grad_()
     out = pysd.distributed.kd_loss(part, t_part, d["y"], process_group=group, vocab_start=lo, **kw)
     _backward(out)
     _close(out, ref, tol, f"kd_loss {kind} {kw} loss")
-    _close(part.grad, s.grad[:, lo:hi], tol, f"kd_loss {kind} {kw} grad")
+    _close(part.grad, s.grad[..., lo:hi], tol, f"kd_loss {kind} {kw} grad")
 
 
 def _check_fused(d, kind, kw, lo, hi, group, tol, chunk=None, reduce_input_grad=True):
@@ -137,7 +137,7 @@ def _cases(rank, world, sizes, order):
         kw = _case_kwargs(d, kind, div, opt)
         if kind == "renormalize" and div["divergence"] == "rkl":
             with pytest.raises(ValueError, match="infinite"):
-                pysd.distributed.kd_loss(d["s"][:, lo:hi], _sparse(d["t"], kind), d["y"], vocab_start=lo, **kw)
+                pysd.distributed.kd_loss(d["s"][..., lo:hi], _sparse(d["t"], kind), d["y"], vocab_start=lo, **kw)
             continue
         _check_kd(d, kind, kw, lo, hi, None, 1e-12)
         _check_fused(d, kind, kw, lo, hi, None, 1e-12, chunk=(4, 2) if kind in ("bucket", "uniform") else 4,
@@ -158,6 +158,10 @@ def _edge_rows(d, lo, hi):
     for kind in ("dense", "hidden"):
         _check_kd(e, kind, {}, lo, hi, None, 1e-12)
         _check_fused(e, kind, {}, lo, hi, None, 1e-12)
+    per_row = ("x", "h", "y", "s", "t", "rw")  # leading dims (3, 3) instead of (9,)
+    batched = {k: (t.reshape(3, 3, *t.shape[1:]) if k in per_row else t) for k, t in d.items()}
+    _check_kd(batched, "dense", dict(reduction="none", weight=batched["rw"]), lo, hi, None, 1e-12)
+    _check_fused(batched, "hidden", dict(reduction="none", divergence="jsd"), lo, hi, None, 1e-12)
     ign = dict(d, y=torch.full((N,), -100))
     _check_kd(ign, "bucket", dict(divergence="jsd"), lo, hi, None, 1e-12)
     _check_fused(ign, "hidden", dict(divergence="rkl"), lo, hi, None, 1e-12)
@@ -170,7 +174,7 @@ def _topk(rank, world, sizes, order):
     t = torch.randint(-3, 3, (N, v), generator=g).double()  # many ties
     for k, fmt, temp in ((3, "logprobs", 1.0), (v, "probs", 2.0), (max(sizes) + 1, "logits", 0.5)):
         ref = pysd.topk_teacher(t, k, temperature=temp, format=fmt)
-        out = pysd.distributed.topk_teacher(t[:, lo:hi], k, vocab_start=lo, temperature=temp, format=fmt)
+        out = pysd.distributed.topk_teacher(t[..., lo:hi], k, vocab_start=lo, temperature=temp, format=fmt)
         assert torch.equal(out.indices, ref.indices), (k, fmt)
         _close(out.values, ref.values, 1e-12, f"topk {k} {fmt}")
     out = pysd.distributed.topk_teacher(t[:0, lo:hi], 2, vocab_start=lo)
@@ -180,7 +184,7 @@ def _topk(rank, world, sizes, order):
 def _errors(rank, d, lo, hi):
     """A bad input on one rank, or options that differ, raise ValueError on every rank (no hang); the
     group stays usable afterwards."""
-    part = d["s"][:, lo:hi]
+    part = d["s"][..., lo:hi]
     bad_on_one = [
         (dict(temperature=-1.0 if rank == 1 else 1.0), "temperature"),
         (dict(divergence="rkl" if rank == 0 else "fkl"), "differs"),
@@ -191,7 +195,7 @@ def _errors(rank, d, lo, hi):
     for kw, match in bad_on_one:
         kw = dict(dict(vocab_start=lo), **kw)
         with pytest.raises(ValueError, match=match):
-            pysd.distributed.kd_loss(part, d["t"][:, lo:hi], d["y"], **kw)
+            pysd.distributed.kd_loss(part, d["t"][..., lo:hi], d["y"], **kw)
     st = _sparse(d["t"], "bucket")
     if rank == 1:
         st.indices[4, 0] = 10**6
@@ -201,9 +205,9 @@ def _errors(rank, d, lo, hi):
     if rank == 0:
         y[0] = 10**6
     with pytest.raises(ValueError, match="target"):
-        pysd.distributed.fused_linear_kd_loss(d["x"], d["w"][lo:hi], d["t"][:, lo:hi], y, vocab_start=lo)
+        pysd.distributed.fused_linear_kd_loss(d["x"], d["w"][lo:hi], d["t"][..., lo:hi], y, vocab_start=lo)
     with pytest.raises(ValueError):
-        pysd.distributed.topk_teacher(d["t"][:, lo:hi], 2 if rank else 0, vocab_start=lo)
+        pysd.distributed.topk_teacher(d["t"][..., lo:hi], 2 if rank else 0, vocab_start=lo)
     _check_kd(d, "dense", {}, lo, hi, None, 1e-12)
 
 

@@ -62,7 +62,7 @@ def layout(op: str, group, config: tuple, error: Optional[str], start, width: in
             raise ValueError(f"pysd.distributed.{op}: the vocabulary shards (vocab_start, width) {spans} do not "
                              f"tile [0, V): a shard starts at {s} where {at} was expected")
         at += w
-    return Shard(group, start, width, at), max(1, min(c for _, _, c in extras))
+    return Shard(group, int(start), width, at), max(1, min(c for _, _, c in extras))
 
 
 def check_sparse_device(op: str, device: torch.device) -> None:

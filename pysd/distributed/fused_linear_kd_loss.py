@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 import torch.distributed as dist
 from torch import Tensor
 
@@ -45,6 +46,7 @@ class _FusedShard(torch.autograd.Function):
         return reduce_rows(rows, pb.grad_scale, reduction, x.dtype)
 
     @staticmethod
+    @once_differentiable  # the saved gradients are constants: a second derivative would be silently 0
     def backward(ctx, grad_loss):
         pb, shard, cap, reduction, reduce_input_grad = ctx.args
         if reduction == Reduction.NONE:
@@ -69,6 +71,33 @@ def _default_rows(kind: int, width: int, vt: int, esize: int, acc: int) -> int:
     chunk and (dense teacher) the torch temporaries of the row math, within the 256 MiB budget."""
     per_class = 2 * esize + (2 * acc if kind == SPARSE else 8 * acc)
     return budget_rows(width, per_class + (vt * max(esize, acc)) // max(width, 1))
+
+
+def _local_chunks(kind: int, x: Tensor, teacher, teacher_weight, width: int, chunk_size) -> tuple:
+    """(rows, cols) of this rank's chunks, after checking that the teacher covers the shard's classes."""
+    if kind == SPARSE:
+        check_sparse_device(OP, x.device)
+    vt = teacher_weight.shape[0] if kind == HIDDEN else (teacher.shape[-1] if kind != SPARSE else width)
+    if vt != width:
+        raise ValueError(f"{OP}: the teacher covers {vt} classes on this rank, the student shard {width}: "
+                         "give the teacher's shard over the same vocabulary range")
+    n = x.reshape(-1, x.shape[-1]).shape[0]
+    rows, cols = _chunk_plan(chunk_size, n, width, width, x.element_size())
+    if cols < width and kind != SPARSE:
+        raise ValueError(f"{OP}: vocabulary pieces (chunk_size=(rows, cols) with cols < V_r) need a SparseTeacher")
+    if chunk_size is None:
+        rows = _default_rows(kind, width, vt, x.element_size(), acc_dtype(x.dtype).itemsize)
+    return rows, cols
+
+
+def _shard_teacher(kind: int, teacher, teacher_weight, teacher_bias, cap: float, n: int, width: int):
+    """The teacher as the engine takes it: the SparseTeacher, or :class:`Dense` rows ``(n, ...)``."""
+    if kind == SPARSE:
+        return teacher
+    if kind == HIDDEN:
+        return Dense(teacher.detach().reshape(n, teacher.shape[-1]), teacher_weight.detach(),
+                     None if teacher_bias is None else teacher_bias.detach(), cap)
+    return Dense(teacher.detach().reshape(n, width))
 
 
 def fused_linear_kd_loss(student_input: Tensor, student_weight: Tensor, teacher, target: Optional[Tensor] = None,
@@ -146,40 +175,19 @@ def fused_linear_kd_loss(student_input: Tensor, student_weight: Tensor, teacher,
         _check_linear("student", x, w_s, student_bias)
         _checks.integer(OP, "vocab_start", vocab_start, 0)
         _checks.boolean(OP, "reduce_input_grad", reduce_input_grad)
-        batch = x.shape[:-1]
-        state["kind"] = k = _teacher_kind(teacher, teacher_weight, teacher_bias, batch, x.device)
-        if k == SPARSE:
-            check_sparse_device(OP, x.device)
-        vt = teacher_weight.shape[0] if k == HIDDEN else (teacher.shape[-1] if k != SPARSE else width)
-        if vt != width:
-            raise ValueError(f"{OP}: the teacher covers {vt} classes on this rank, the student shard {width}: "
-                             "give the teacher's shard over the same vocabulary range")
-        _check_companion("target", target, batch, x.device)
-        _check_companion("weight", weight, batch, x.device)
+        state["kind"] = _teacher_kind(teacher, teacher_weight, teacher_bias, x.shape[:-1], x.device)
         state["cap"] = 0.0 if logit_softcap is None else _checks.real(OP, "logit_softcap", logit_softcap, 0.0,
                                                                      lo_open=True)
-        n = x.reshape(-1, x.shape[-1]).shape[0]
-        rows, cols = _chunk_plan(chunk_size, n, width, width, x.element_size())
-        if cols < width and k != SPARSE:
-            raise ValueError(f"{OP}: vocabulary pieces (chunk_size=(rows, cols) with cols < V_r) need a SparseTeacher")
-        if chunk_size is None:
-            rows = _default_rows(k, width, vt, x.element_size(), acc_dtype(x.dtype).itemsize)
-        state["cols"] = cols
+        _check_companion("target", target, x.shape[:-1], x.device)
+        _check_companion("weight", weight, x.shape[:-1], x.device)
+        rows, state["cols"] = _local_chunks(state["kind"], x, teacher, teacher_weight, width, chunk_size)
         return rows
 
     def resolve(v, chunk_rows):
-        k = state["kind"]
         x2 = x.reshape(-1, x.shape[-1])
-        n = x2.shape[0]
-        if k == SPARSE:
-            t = teacher
-        elif k == HIDDEN:
-            t = Dense(teacher.detach().reshape(n, teacher.shape[-1]), teacher_weight.detach(),
-                      None if teacher_bias is None else teacher_bias.detach(), state["cap"])
-        else:
-            t = Dense(teacher.detach().reshape(n, width))
-        return x2, _problem(x2, n, v, k, t, target, weight, normalizer, reduction, chunk_rows, state["cols"],
-                            True, kw)
+        t = _shard_teacher(state["kind"], teacher, teacher_weight, teacher_bias, state["cap"], x2.shape[0], width)
+        return x2, _problem(x2, x2.shape[0], v, state["kind"], t, target, weight, normalizer, reduction, chunk_rows,
+                            state["cols"], True, kw)
 
     shard, (x2, pb) = _collective(OP, process_group, config, vocab_start, width, local, resolve)
     red = Reduction[reduction.upper()]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 import torch.distributed as dist
 from torch import Tensor
 
@@ -159,6 +160,7 @@ class _ShardLoss(torch.autograd.Function):
         return reduce_rows(rows, pb.grad_scale, reduction, s.dtype)
 
     @staticmethod
+    @once_differentiable  # the saved gradients are constants: a second derivative would be silently 0
     def backward(ctx, grad_loss):
         (buf,) = ctx.saved_tensors
         if buf is None:
