@@ -148,6 +148,7 @@ def _cases(rank, world, sizes, order):
         _check_kd(d32, kind, kw, lo, hi, None, 1e-5)
         _check_fused(d32, kind, kw, lo, hi, None, 1e-5)
     _edge_rows(d, lo, hi)
+    _accumulate(d, lo, hi)
     _topk(rank, world, sizes, order)
     _errors(rank, d, lo, hi)
 
@@ -165,6 +166,19 @@ def _edge_rows(d, lo, hi):
     ign = dict(d, y=torch.full((N,), -100))
     _check_kd(ign, "bucket", dict(divergence="jsd"), lo, hi, None, 1e-12)
     _check_fused(ign, "hidden", dict(divergence="rkl"), lo, hi, None, 1e-12)
+
+
+def _accumulate(d, lo, hi):
+    """Two backward passes through one graph accumulate twice the single-process gradients (the saved
+    gradients are not reduced in place)."""
+    xp, wp = d["x"].clone().requires_grad_(), d["w"][lo:hi].clone().requires_grad_()
+    out = pysd.distributed.fused_linear_kd_loss(xp, wp, d["t"][..., lo:hi], d["y"], vocab_start=lo)
+    out.backward(retain_graph=True)
+    out.backward()
+    x, w = d["x"].clone().requires_grad_(), d["w"].clone().requires_grad_()
+    pysd.fused_linear_kd_loss(x, w, d["t"], d["y"]).backward()
+    _close(xp.grad, 2 * x.grad, 1e-12, "accumulated grad input")
+    _close(wp.grad, 2 * w.grad[lo:hi], 1e-12, "accumulated grad weight")
 
 
 def _topk(rank, world, sizes, order):
