@@ -18,13 +18,12 @@ import torch
 import torch.nn.functional as F
 
 import pysd
-from _paired import paired, peak_rss, record_paired
-from conftest import FULL, RESULTS
+from conftest import FULL, paired, peak_rss, record_paired
 
 K = 64
 # PYSD_BENCH_LLM_ROWS overrides N of the full size (eager materialises ~6 (N, V) fp32 buffers)
 SIZES = [(int(os.environ.get("PYSD_BENCH_LLM_ROWS", 2048)), 1024, 128256)] if FULL else [(512, 512, 32000)]
-ROUNDS = 2 if FULL else 3
+ROUNDS = 3
 
 
 def liger_reason():
@@ -108,9 +107,9 @@ def test_fused_linear_hidden_teacher(n, h, v):
     steps = {i: make_step(i, n, h, v) for i in impls}
     _check(steps, steps["eager"](), impls[1:], 2e-4)
     times = paired(steps, ROUNDS)
-    peaks = {i: peak_rss("bench_fused_linear_kd_loss", i, n, h, v) for i in impls}
+    peaks = {i: round(peak_rss("bench_fused_linear_kd_loss", i, n, h, v) / 2**20, 1) for i in impls}
     group = f"fused_linear_kd_loss fwd+bwd {n}x{h}x{v} fp32 hidden teacher"
-    record_paired(RESULTS, group, times, peaks, ["pysd-cpp"])
+    record_paired(group, times, ["pysd-cpp"], peak_MiB=peaks)
     if why:
         print(f"\nLiger-Kernel not compared: {why}")
 
@@ -121,6 +120,6 @@ def test_fused_linear_sparse_teacher(n, h, v):
     steps = {i: make_step(i, n, h, v) for i in impls}
     _check(steps, steps["eager-sparse"](), impls[1:], 2e-4)
     times = paired(steps, ROUNDS)
-    peaks = {i: peak_rss("bench_fused_linear_kd_loss", i, n, h, v) for i in impls}
-    record_paired(RESULTS, f"fused_linear_kd_loss fwd+bwd {n}x{h}x{v} fp32 sparse teacher k={K}", times, peaks,
-                  ["pysd-cpp-sparse"])
+    peaks = {i: round(peak_rss("bench_fused_linear_kd_loss", i, n, h, v) / 2**20, 1) for i in impls}
+    record_paired(f"fused_linear_kd_loss fwd+bwd {n}x{h}x{v} fp32 sparse teacher k={K}", times, ["pysd-cpp-sparse"],
+                  peak_MiB=peaks)

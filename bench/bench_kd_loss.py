@@ -11,15 +11,13 @@ bandwidth, and peak extra memory in units of one (N, C) fp32 buffer.
 
 import functools
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import pysd
-from conftest import FULL, paired, record, spread
+from conftest import FULL, paired, peak_rss, record, spread
 
 T = 4.0
 HARD = 0.5
@@ -64,10 +62,15 @@ def step_fn(impl):
     return step
 
 
+def make_step(impl, n, c):
+    """A zero-argument fwd+bwd step on fresh inputs (for ``peak_memory.py``)."""
+    s, t, y = make_inputs(n, c)
+    x, step = s.clone().requires_grad_(), step_fn(impl)
+    return lambda: step(x, t, y)
+
+
 def peak_extra_buffers(impl, n, c):
-    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "peak_memory.py"), impl,
-                          str(n), str(c)], capture_output=True, text=True, check=True)
-    return round(int(out.stdout.strip()) / (n * c * 4), 2)
+    return round(peak_rss("bench_kd_loss", impl, n, c) / (n * c * 4), 2)
 
 
 @pytest.mark.parametrize("n,c", SIZES, ids=[f"{n}x{c}" for n, c in SIZES])

@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import pysd
-from _paired import paired, peak_rss, record_paired
-from conftest import FULL, RESULTS
+from conftest import FULL, paired, peak_rss, record_paired
 
 K = 64
 # PYSD_BENCH_LLM_ROWS overrides N of the full size (the eager recipe needs ~8 (N, V) fp32 buffers)
@@ -65,5 +64,5 @@ def test_sparse_kd_loss(n, v):
     for i in impls[1:]:  # correctness before timing (also compiles)
         torch.testing.assert_close(steps[i](), ref, rtol=1e-4, atol=1e-7)
     times = paired(steps, ROUNDS)
-    peaks = {i: peak_rss("bench_sparse_kd_loss", i, n, v) for i in impls}
-    record_paired(RESULTS, f"sparse kd_loss fwd+bwd {n}x{v} k={K} fkl fp32", times, peaks, ["pysd-cpp"])
+    peaks = {i: round(peak_rss("bench_sparse_kd_loss", i, n, v) / 2**20, 1) for i in impls}
+    record_paired(f"sparse kd_loss fwd+bwd {n}x{v} k={K} fkl fp32", times, ["pysd-cpp"], peak_MiB=peaks)

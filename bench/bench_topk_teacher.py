@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import pysd
-from _paired import paired, peak_rss, record_paired
-from conftest import FULL, RESULTS
+from conftest import FULL, paired, peak_rss, record_paired
 
 K = 64
 SIZES = [(4096, 128256)] if FULL else [(512, 32000)]
@@ -38,5 +37,5 @@ def test_topk_teacher(n, v):
     assert torch.equal(x.gather(-1, ia), x.gather(-1, ib))
     torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-5)
     times = paired(steps, ROUNDS)
-    peaks = {i: peak_rss("bench_topk_teacher", i, n, v) for i in steps}
-    record_paired(RESULTS, f"topk_teacher {n}x{v} k={K} fp32", times, peaks, ["pysd-cpp"])
+    peaks = {i: round(peak_rss("bench_topk_teacher", i, n, v) / 2**20, 1) for i in steps}
+    record_paired(f"topk_teacher {n}x{v} k={K} fp32", times, ["pysd-cpp"], peak_MiB=peaks)

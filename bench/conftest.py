@@ -9,6 +9,8 @@ Results go to $PYSD_BENCH_OUT (default .benchmarks/pysd_results.json).
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -47,6 +49,34 @@ def spread(values) -> str:
     """``median (min-max)`` of a list of numbers."""
     v = sorted(values)
     return f"{v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2:.3g} ({v[0]:.3g}-{v[-1]:.3g})"
+
+
+def paired_ratio(times: dict, base: str, impl: str) -> str:
+    """``median (min-max)`` over the rounds of ``paired`` of time(base) / time(impl)."""
+    return spread([b / i for b, i in zip(times[base], times[impl])])
+
+
+def record_paired(group: str, times: dict, pysd_impls, **extra_by_impl):
+    """Store the results of ``paired``: per impl its median seconds, its min-max, every
+    ``extra_by_impl[key][impl]`` and, for the pysd impls, the paired ratio against every baseline."""
+    baselines = [n for n in times if n not in pysd_impls]
+    for name, ts in times.items():
+        res = {"seconds": sorted(ts)[len(ts) // 2], "min_max_ms": f"{min(ts) * 1e3:.1f}-{max(ts) * 1e3:.1f}",
+               "rounds": len(ts), **{k: v[name] for k, v in extra_by_impl.items() if name in v}}
+        if name in pysd_impls:
+            res.update({f"paired_vs_{b}": paired_ratio(times, b, name) for b in baselines})
+        RESULTS[group][name] = res
+
+
+def peak_rss(module: str, impl: str, *args) -> int:
+    """Peak extra resident bytes of one ``module.make_step(impl, *args)()`` in a fresh process
+    (``bench/peak_memory.py``)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(here),
+                                                                  os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, os.path.join(here, "peak_memory.py"), module, impl, *map(str, args)],
+                         capture_output=True, text=True, check=True, env=env)
+    return int(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(autouse=True)

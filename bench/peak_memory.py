@@ -1,12 +1,14 @@
-"""Peak extra resident memory of one fwd+bwd, measured in a fresh process.
+"""Peak extra resident memory of one step, measured in a fresh process.
 
-``python bench/peak_memory.py IMPL N C`` prints how many bytes the resident set grew
-at its peak while running IMPL once, measured from just before the call (after the
-inputs exist and one warm-up call has run, so JIT compilation does not count).
-Linux only: the peak is reset through /proc/self/clear_refs.
+``python bench/peak_memory.py MODULE IMPL ARG...`` builds ``MODULE.make_step(IMPL, *ARGS)``
+(integer ARGS), runs it once as a warm-up (JIT compilation, first-use pages), then prints how
+many bytes the resident set grew at its peak during a second call, measured from just before
+it.  Outputs the step keeps alive between calls (a gradient) are in the baseline, so the
+figure is the step's extra memory.  Linux only: the peak is reset through /proc/self/clear_refs.
 """
 
 import gc
+import importlib
 import os
 import sys
 
@@ -19,21 +21,17 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def main(impl: str, n: int, c: int) -> None:
+def main(module: str, impl: str, *args: int) -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_kd_loss import make_inputs, step_fn
-
-    s, t, y = make_inputs(n, c)
-    fn = step_fn(impl)
-    fn(s.clone().requires_grad_(), t, y)
-    x = s.clone().requires_grad_()
+    step = importlib.import_module(module).make_step(impl, *args)
+    step()
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
     base = _status_kb("VmRSS")
-    fn(x, t, y)
+    step()
     print((_status_kb("VmHWM") - base) * 1024)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:]))

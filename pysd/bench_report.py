@@ -68,6 +68,19 @@ def markdown_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _paired_span(res: dict, base: str):
+    """(min, max) of the paired speed-up against ``base`` that a bench stored as
+    ``paired_vs_<base> = "median (min-max)"``, or None."""
+    text = res.get(f"paired_vs_{base}")
+    if not isinstance(text, str) or "(" not in text:
+        return None
+    try:
+        lo, hi = text.split("(", 1)[1].rstrip(")x ").split("-")
+        return float(lo.rstrip("x")), float(hi.rstrip("x"))
+    except ValueError:
+        return None
+
+
 def bar_chart(data: dict, path) -> None:
     """Speed-up of every implementation against its group's first baseline, one panel per benchmark group."""
     import matplotlib
@@ -86,12 +99,15 @@ def bar_chart(data: dict, path) -> None:
         names = list(impls)
         speed = [impls[base]["seconds"] / impls[n]["seconds"] for n in names]
         colors = ["tab:gray" if n == base or n.lower().startswith(BASELINE_PREFIXES) else "tab:blue" for n in names]
-        ax.barh(names, speed, color=colors)
+        spans = [_paired_span(impls[n], base) for n in names]
+        err = [[max(v - s[0], 0) if s else 0 for v, s in zip(speed, spans)],
+               [max(s[1] - v, 0) if s else 0 for v, s in zip(speed, spans)]]
+        ax.barh(names, speed, color=colors, xerr=err, error_kw={"lw": 0.8, "capsize": 2})
         ax.invert_yaxis()
         ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_xlim(0, max(speed) * 1.3)  # room for the value labels right of the longest bar
+        ax.set_xlim(0, max(speed + [s[1] for s in spans if s]) * 1.3)  # room for the value labels right of the longest bar
         ax.set_title(group, fontsize=9)
-        ax.set_xlabel(f"speed-up vs {base} (higher is better)", fontsize=8)
+        ax.set_xlabel(f"speed-up vs {base} (higher is better; whiskers: min-max of the paired rounds)", fontsize=8)
         ax.tick_params(labelsize=8)
         for i, v in enumerate(speed):
             ax.text(v, i, f" {v:.2f}x", va="center", fontsize=8)

@@ -26,6 +26,24 @@ def test_bar_chart_writes_a_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bar_chart_whiskers_are_the_paired_min_max(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    seen = {}
+    orig = matplotlib.axes.Axes.barh
+
+    def spy(self, names, widths, **kw):
+        seen.update(zip(names, zip(widths, kw["xerr"][0], kw["xerr"][1])))
+        return orig(self, names, widths, **kw)
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh", spy)
+    data = {"meta": {}, "results": {"g": {"eager": {"seconds": 1.0},
+                                          "pysd": {"seconds": 0.25, "paired_vs_eager": "3.9 (3.5-4.5)"}}}}
+    bar_chart(data, tmp_path / "c.png")
+    speed, below, above = seen["pysd"]
+    assert speed == 4.0 and abs(below - 0.5) < 1e-12 and abs(above - 0.5) < 1e-12
+    assert seen["eager"][1:] == (0, 0)  # no paired rounds stored: no whisker
+
+
 def test_bench_dir_is_found_and_bad_selection_fails(tmp_path):
     assert find_bench_dir(ROOT / "bench") == ROOT / "bench"
     out = subprocess.run([sys.executable, "-m", "pysd", "bench", "--only", "no_such_bench", "--bench-dir",

@@ -85,10 +85,10 @@ def test_equals_materialised(kind, n, v, div, reduction, rows, cols, cap, hard, 
 def test_all_rows_ignored_and_no_target():
     _, x, w, b, y = inputs(4, 3, 6, 0)
     t = torch.randn(4, 6, dtype=torch.float64)
-    xx = x.clone().requires_grad_()
-    loss = pysd.fused_linear_kd_loss(xx, w, t, torch.full((4,), -100), hard_weight=0.5)
+    xx, ww, bb = (a.clone().requires_grad_() for a in (x, w, b))
+    loss = pysd.fused_linear_kd_loss(xx, ww, t, torch.full((4,), -100), student_bias=bb, hard_weight=0.5)
     loss.backward()
-    assert loss.item() == 0.0 and not xx.grad.any()
+    assert loss.item() == 0.0 and not xx.grad.any() and not ww.grad.any() and not bb.grad.any()
     both(x, w, b, t, None, chunk_size=3)
 
 

@@ -3,7 +3,6 @@
 // exponentials in a per-thread scratch row (L2-resident) so the gradient pass
 // is pure multiply-adds: 2 exp per entry (3 when the hard CE needs T = 1 and T
 // is not a small integer).
-#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -25,27 +24,6 @@ struct Scratch { A* ez; A* eu; A* e1; A* f; };
 // Pass 2 works in blocks; before each block it prefetches the matching part of
 // the next row, so that row's DRAM reads overlap this row's exponentials.
 constexpr int64_t kBlock = 64;
-
-// The gradient row is written once and never read back by this kernel, so
-// streaming stores skip the read-for-ownership of every cache line: a quarter
-// of the DRAM traffic of a float row.  AVX-512 only; elsewhere a plain copy.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target("avx512f"))) void stream_copy_avx512(float* dst, const float* src, int64_t n) {
-  int64_t j = 0;
-  for (; j < n && (reinterpret_cast<uintptr_t>(dst + j) & 63) != 0; ++j) dst[j] = src[j];
-  for (; j + 16 <= n; j += 16) _mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
-  for (; j < n; ++j) dst[j] = src[j];
-  _mm_sfence();
-}
-inline bool stream_rows() {
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok;
-}
-inline void stream_copy(float* dst, const float* src, int64_t n) { stream_copy_avx512(dst, src, n); }
-#else
-inline bool stream_rows() { return false; }
-inline void stream_copy(float* dst, const float* src, int64_t n) { std::copy(src, src + n, dst); }
-#endif
 
 template <typename In>
 PYSD_INLINE void prefetch_range(const In* p, int64_t n) {
@@ -168,14 +146,14 @@ PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, int64_t n
     if (div_pass) {
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) g[j] = from_acc<In>(grad_elem(r, bz[j], b1[j], bu[j], bf[j]));
-    } else if (std::is_same<In, float>::value && stream_rows()) {
+    } else if (std::is_same<In, float>::value && cpu::stream_rows()) {
       // float rows go through the scratch row and leave with streaming stores
       // (see stream_copy); the class fix-up happens before they leave.
       float* out = reinterpret_cast<float*>(bf);
       fkl_grad<TF, CE>(r, bz, b1, bu, out, n);
       if (r.y >= 0 && r.y < n) out[r.y] += float(r.cy);
       if (bad_target) std::fill(out, out + n, float(NAN));
-      stream_copy(reinterpret_cast<float*>(g), out, n);
+      cpu::stream_copy(reinterpret_cast<float*>(g), out, n);
       return;
     } else {
       fkl_grad<TF, CE>(r, bz, b1, bu, g, n);

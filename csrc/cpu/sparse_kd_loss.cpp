@@ -5,8 +5,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
+#include "memory.h"
 #include "pysd/sparse_kd_loss.h"
 #include "simd.h"
 
@@ -38,18 +40,18 @@ PYSD_INLINE Stats<A> piece_stats(const Config& c, const In* __restrict s, int64_
   if (bz) {
 #pragma omp simd reduction(+ : sz)
     for (int64_t j = 0; j < n; ++j) {
-      const A e = fexp((A(to_float(s[j])) - ms) * inv_t);
+      const A e = fexp_le0((A(to_float(s[j])) - ms) * inv_t);
       bz[j] = e;
       sz += e;
     }
   } else {
 #pragma omp simd reduction(+ : sz)
-    for (int64_t j = 0; j < n; ++j) sz += fexp((A(to_float(s[j])) - ms) * inv_t);
+    for (int64_t j = 0; j < n; ++j) sz += fexp_le0((A(to_float(s[j])) - ms) * inv_t);
   }
   if (c.separate_ce()) {
 #pragma omp simd reduction(+ : s1)
     for (int64_t j = 0; j < n; ++j) {
-      const A e = fexp(A(to_float(s[j])) - ms);
+      const A e = fexp_le0(A(to_float(s[j])) - ms);
       if (b1) b1[j] = e;
       s1 += e;
     }
@@ -57,7 +59,7 @@ PYSD_INLINE Stats<A> piece_stats(const Config& c, const In* __restrict s, int64_
   if (c.needs_w()) {
 #pragma omp simd reduction(+ : w)
     for (int64_t j = 0; j < n; ++j) {
-      const A zc = (A(to_float(s[j])) - ms) * inv_t, e = fexp(zc);
+      const A zc = (A(to_float(s[j])) - ms) * inv_t, e = fexp_le0(zc);
       w += e > A(0) ? e * zc : A(0);
     }
   }
@@ -97,10 +99,13 @@ PYSD_INLINE void jsd_tail(const Config& c, const In* s, int64_t n, A lpt, Stats<
 }
 
 // Gradient of one piece: affine sweep, then the per-entry and target fix-ups.
+// `bz` / `b1` hold the piece's exponentials (fused phase) or are null
+// (recomputed).  With `out` (a float piece on a CPU with streaming stores, see
+// cpu::stream_copy) the row is built in the scratch row `out` and streamed to g.
 template <typename In, typename A>
 PYSD_INLINE void apply_piece(const Config& c, const Coef<A>& co, const In* __restrict s, int64_t n,
-                             const A* __restrict bz, const A* __restrict b1, const int64_t* kid, const A* delta,
-                             int64_t y, In* __restrict g) {
+                             const A* bz, const A* __restrict b1, const int64_t* kid, const A* delta,
+                             int64_t y, In* __restrict g, A* out = nullptr) {
   if (co.valid != co.valid) {
     std::fill(g, g + n, from_acc<In>(A(NAN)));
     return;
@@ -110,19 +115,32 @@ PYSD_INLINE void apply_piece(const Config& c, const Coef<A>& co, const In* __res
     return;
   }
   const A inv_t = A(1) / A(c.temperature), ms = co.ms, cz = co.cz, cc = co.cc;
-  if (co.cw == A(0) && co.cj == A(0) && co.c1 == A(0)) {
+  const bool affine = co.cw == A(0) && co.cj == A(0) && co.c1 == A(0);
+  if (out != nullptr && affine && bz != nullptr) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) out[j] = cz * bz[j] + cc;
+    for (int64_t e = 0; e < c.k; ++e) {
+      const int64_t j = kid[e] - c.v0;
+      if (kid[e] >= 0 && j >= 0 && j < n) out[j] += delta[e];
+    }
+    const int64_t jy = y - c.v0;
+    if (y >= 0 && jy >= 0 && jy < n) out[jy] += co.cy;
+    cpu::stream_copy(reinterpret_cast<float*>(g), reinterpret_cast<const float*>(out), n);
+    return;
+  }
+  if (affine) {
     if (bz) {
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) g[j] = from_acc<In>(cz * bz[j] + cc);
     } else {
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) g[j] = from_acc<In>(cz * fexp((A(to_float(s[j])) - ms) * inv_t) + cc);
+      for (int64_t j = 0; j < n; ++j) g[j] = from_acc<In>(cz * fexp_le0((A(to_float(s[j])) - ms) * inv_t) + cc);
     }
   } else {
     for (int64_t j = 0; j < n; ++j) {
       const A sv = A(to_float(s[j]));
-      const A ez = bz ? bz[j] : fexp((sv - ms) * inv_t);
-      const A e1 = co.c1 == A(0) ? A(0) : (b1 ? b1[j] : fexp(sv - ms));
+      const A ez = bz ? bz[j] : fexp_le0((sv - ms) * inv_t);
+      const A e1 = co.c1 == A(0) ? A(0) : (b1 ? b1[j] : fexp_le0(sv - ms));
       g[j] = from_acc<In>(apply_elem(c, co, inv_t, sv, ez, e1));
     }
   }
@@ -160,7 +178,9 @@ PYSD_INLINE void row(const Config& c, int phase, const Args<In, A>& a, int64_t i
     if (c.jsd_uniform()) jsd_tail(c, s, n, tr.lpt, st);
     Coef<A> co;
     a.loss[i] = finalize(c, st, tr, kid, lp, gs, y, w, gscale, co, wk.delta.data());
-    if (g) apply_piece(c, co, s, n, wk.bz.data(), wk.b1.data(), kid, wk.delta.data(), y, g);
+    // a float row is staged in place of its exponentials (b1 is free unless the CE needs it)
+    A* out = std::is_same<In, float>::value && cpu::stream_rows() ? wk.bz.data() : nullptr;
+    if (g) apply_piece(c, co, s, n, wk.bz.data(), wk.b1.data(), kid, wk.delta.data(), y, g, out);
   } else if (phase == kStats) {
     if (ignored) return;
     Stats<A> tot;
@@ -210,6 +230,9 @@ PYSD_ISA_CLONES void rows_f16(const Config& c, int p, const Args<f16_t, float>& 
 template <typename In, typename A, typename Fn>
 void launch(const Config& c, int phase, const Args<In, A>& a, Fn fn) {
   if (c.rows == 0) return;
+  if (a.grad != nullptr && a.grad_stride == c.width) {
+    cpu::advise_huge_pages(a.grad, size_t(c.rows) * size_t(c.width) * sizeof(In));
+  }
   const int64_t work = c.rows * std::max<int64_t>(c.width + c.k * c.k, 1);
   const bool parallel = work >= (int64_t(1) << 15) && c.rows > 1;
 #pragma omp parallel if (parallel)

@@ -39,7 +39,7 @@ PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, A* hv, in
     if (m == neg_inf<A>()) continue;
     A bs = 0;
 #pragma omp simd reduction(+ : bs)
-    for (int64_t j = j0; j < j1; ++j) bs += fexp((A(to_float(x[j])) - m) * inv_t);
+    for (int64_t j = j0; j < j1; ++j) bs += fexp_le0((A(to_float(x[j])) - m) * inv_t);
     sum += bs;
   }
   drain(hv, hi, k);

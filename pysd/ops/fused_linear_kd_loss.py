@@ -49,35 +49,59 @@ def _match_vocab(t: Tensor, v: int, probs: bool) -> Tensor:
 
 
 class _Head:
-    """The student head and the running gradients of one call (fp32/fp64 accumulators)."""
+    """The student head and the running gradients of one call (fp32/fp64 accumulators).  The weight
+    and bias gradients start uninitialised: the first chunk of rows writes them (``torch.mm`` with
+    ``out=``), later chunks accumulate, so no ``(V, H)`` zero fill precedes the first GEMM."""
 
-    def __init__(self, x, weight, bias, cap, compute_grad):
+    def __init__(self, x, weight, bias, cap, compute_grad, rows):
         self.x, self.weight, self.bias, self.cap = x, weight, bias, cap
         acc = acc_dtype(x.dtype)
-        self.gx = torch.zeros(x.shape, dtype=x.dtype, device=x.device) if compute_grad else None
-        self.gw = torch.zeros(weight.shape, dtype=acc, device=x.device) if compute_grad else None
-        self.gb = torch.zeros(weight.shape[0], dtype=acc, device=x.device) if compute_grad and bias is not None \
+        self.gx = torch.empty((rows, x.shape[1]), dtype=x.dtype, device=x.device) if compute_grad else None
+        self.gw = torch.empty(weight.shape, dtype=acc, device=x.device) if compute_grad else None
+        self.gb = torch.empty(weight.shape[0], dtype=acc, device=x.device) if compute_grad and bias is not None \
             else None
+        self.first_rows = True  # the current chunk of rows is the first one
 
     def logits(self, xc: Tensor, v0: int, v1: int) -> Tensor:
         b = None if self.bias is None else self.bias[v0:v1]
         return _chunk_logits(xc, self.weight[v0:v1], b, self.cap)
 
-    def backward(self, rows: Tensor, xc: Tensor, z: Tensor, g: Tensor, v0: int, v1: int, first: bool) -> None:
+    def backward(self, rows: slice, xc: Tensor, z: Tensor, g: Tensor, v0: int, v1: int, first: bool) -> None:
         """Accumulate the gradients of a (rows x [v0, v1)) chunk whose (capped) logits are ``z``
-        and logits gradient ``g`` (both overwritten)."""
+        and logits gradient ``g`` (both overwritten); ``first``: the chunk's first vocabulary piece."""
         if self.cap > 0:  # d cap*tanh(u/cap) / du = 1 - (z/cap)^2
             g.mul_(z.div_(self.cap).square_().neg_().add_(1.0))
-        gx = g @ self.weight[v0:v1]
         if first:
-            self.gx[rows] = gx
+            torch.mm(g, self.weight[v0:v1], out=self.gx[rows])
         else:
-            self.gx[rows] += gx
+            self.gx[rows].addmm_(g, self.weight[v0:v1])
         gacc = g if g.dtype == self.gw.dtype else g.to(self.gw.dtype)
         xacc = xc if xc.dtype == self.gw.dtype else xc.to(self.gw.dtype)
-        self.gw[v0:v1].addmm_(gacc.T, xacc)
+        if self.first_rows:
+            torch.mm(gacc.T, xacc, out=self.gw[v0:v1])
+        else:
+            self.gw[v0:v1].addmm_(gacc.T, xacc)
         if self.gb is not None:
-            self.gb[v0:v1] += gacc.sum(0)
+            if self.first_rows:
+                torch.sum(gacc, 0, out=self.gb[v0:v1])
+            else:
+                self.gb[v0:v1] += gacc.sum(0)
+
+    def finish_rows(self) -> None:
+        self.first_rows = False
+
+    def gradients(self, valid: Optional[Tensor]):
+        """(grad_x, grad_weight, grad_bias) in the accumulators' dtypes; zeros when no chunk ran.
+        ``valid``: the rows the chunks ran on (None: all), the others get a zero grad_x row."""
+        if self.first_rows:
+            for t in (self.gx, self.gw, self.gb):
+                if t is not None:
+                    t.zero_()
+        gx = self.gx
+        if valid is not None:
+            gx = self.x.new_zeros(self.x.shape)
+            gx[valid] = self.gx
+        return gx, self.gw, self.gb
 
 
 def _dense_kernel(s, t, y, w, grad_scale, opts, compute_grad):
@@ -111,7 +135,7 @@ def _sparse_opts(opts: dict) -> dict:
     return {k: opts[k] for k in _SPARSE_KEYS}
 
 
-def _vocab_pieces(head, plan, rows, xc, cols, compute_grad):
+def _vocab_pieces(head, plan, out_rows, xc, cols, compute_grad):
     """The sparse loss of one chunk of rows over vocabulary pieces: stats (GEMM per piece),
     finalize, apply (GEMM again per piece).  Never more than (rows, cols) logits."""
     v = plan.vocab
@@ -127,7 +151,7 @@ def _vocab_pieces(head, plan, rows, xc, cols, compute_grad):
         for i, (v0, v1) in enumerate(spans):
             z = head.logits(xc, v0, v1)
             g = skd.sparse_kd_apply(plan, z, v0, coef, delta)
-            head.backward(rows, xc, z, g, v0, v1, i == 0)
+            head.backward(out_rows, xc, z, g, v0, v1, i == 0)
     return out
 
 
@@ -140,29 +164,36 @@ _OPT_NAMES = ("teacher_format", "format", "tail", "retemper", "divergence", "bet
 
 def _run(x, weight, bias, y, w, grad_scale, kind, teacher, t_weight, t_bias, opts, cap, chunk_rows, chunk_cols,
          compute_grad):
-    """Row losses ``(N,)`` and (optionally) the gradients of x, weight, bias."""
+    """Row losses ``(N,)`` and (optionally) the gradients of x, weight, bias.  Rows whose target is
+    ignore_index are dropped before any GEMM; the others run in chunks of ``chunk_rows``."""
     n, v = x.shape[0], weight.shape[0]
-    head = _Head(x, weight, bias, cap, compute_grad)
+    valid = None if y is None else (y != opts["ignore_index"]).nonzero().squeeze(1)
+    if valid is not None and valid.numel() == n:
+        valid = None  # every row counts: chunks are slices (views), no gathers
+    m = n if valid is None else valid.numel()
+    head = _Head(x, weight, bias, cap, compute_grad, m)
     losses = torch.zeros(n, dtype=acc_dtype(x.dtype), device=x.device)
-    valid = torch.arange(n, device=x.device) if y is None else (y != opts["ignore_index"]).nonzero().squeeze(1)
-    for rows in [valid[i:i + chunk_rows] for i in range(0, valid.numel(), chunk_rows)]:
+    for i in range(0, m, chunk_rows):
+        out_rows = slice(i, min(m, i + chunk_rows))  # rows of the compacted gradient
+        rows = out_rows if valid is None else valid[out_rows]
         xc = x[rows]
         yc = None if y is None else y[rows]
         wc = None if w is None else w[rows]
         t = _teacher_rows(kind, teacher, rows, v, opts, t_weight, t_bias, cap)
         if chunk_cols < v:
             plan = skd.SparsePlan(v, t[0], t[1], yc, wc, grad_scale, _sparse_opts(opts), x.dtype, Reduction.SUM)
-            losses[rows] = _vocab_pieces(head, plan, rows, xc, chunk_cols, compute_grad)
-            continue
-        z = head.logits(xc, 0, v)
-        if kind == SPARSE:
-            out, g = _sparse_kernel(z, t[0], t[1], yc, wc, grad_scale, _sparse_opts(opts), compute_grad)
+            losses[rows] = _vocab_pieces(head, plan, out_rows, xc, chunk_cols, compute_grad)
         else:
-            out, g = _dense_kernel(z, t, yc, wc, grad_scale, opts, compute_grad)
-        losses[rows] = out
-        if compute_grad:
-            head.backward(rows, xc, z, g, 0, v, True)
-    return losses, head
+            z = head.logits(xc, 0, v)
+            if kind == SPARSE:
+                out, g = _sparse_kernel(z, t[0], t[1], yc, wc, grad_scale, _sparse_opts(opts), compute_grad)
+            else:
+                out, g = _dense_kernel(z, t, yc, wc, grad_scale, opts, compute_grad)
+            losses[rows] = out
+            if compute_grad:
+                head.backward(out_rows, xc, z, g, 0, v, True)
+        head.finish_rows()
+    return losses, head.gradients(valid) if compute_grad else None
 
 
 @torch.library.custom_op("pysd::fused_linear_kd_loss", mutates_args=())
@@ -178,16 +209,16 @@ def _op(x: Tensor, weight: Tensor, bias: Optional[Tensor], target: Optional[Tens
     opts = dict(zip(_OPT_NAMES, (teacher_format, format, tail, retemper, divergence, beta, temperature, soft_coef,
                                  hard_weight, label_smoothing, ignore_index)))
     t = (teacher_ids, teacher_vals) if kind == SPARSE else teacher
-    rows, head = _run(x, weight, bias, target, row_weight, grad_scale, kind, t, teacher_weight, teacher_bias, opts,
-                      softcap, chunk_rows, chunk_cols, compute_grad)
+    rows, grads = _run(x, weight, bias, target, row_weight, grad_scale, kind, t, teacher_weight, teacher_bias, opts,
+                       softcap, chunk_rows, chunk_cols, compute_grad)
     if reduction == Reduction.NONE:
         loss = rows.to(x.dtype)
     else:
         loss = (rows.sum() * grad_scale.to(rows.dtype)).to(x.dtype)
     if not compute_grad:
         return loss, x.new_empty(0), x.new_empty(0), x.new_empty(0)
-    gb = head.gb.to(x.dtype) if head.gb is not None else x.new_empty(0)
-    return loss, head.gx, head.gw.to(weight.dtype), gb
+    gx, gw, gb = grads
+    return loss, gx, gw.to(weight.dtype), gb.to(x.dtype) if gb is not None else x.new_empty(0)
 
 
 @_op.register_fake
@@ -232,8 +263,11 @@ def _backward(ctx, grad_loss, *_unused):
         _, gx, gw, gb = _op(*args)
     else:
         gx, gw, gb = ctx.saved_tensors
-        gx, gw = gx * grad_loss.to(gx.dtype), gw * grad_loss.to(gw.dtype)
-        gb = gb * grad_loss.to(gb.dtype) if ctx.has_bias else gb
+        # loss.backward() seeds 1: the stored gradients are the answer (no (V, H) multiply)
+        unit = not torch.compiler.is_compiling() and grad_loss.device.type == "cpu" and grad_loss.item() == 1.0
+        if not unit:
+            gx, gw = gx * grad_loss.to(gx.dtype), gw * grad_loss.to(gw.dtype)
+            gb = gb * grad_loss.to(gb.dtype) if ctx.has_bias else gb
     none[0], none[1] = gx, gw
     none[2] = gb if ctx.has_bias else None
     return tuple(none)

@@ -91,6 +91,7 @@ template <> PYSD_HD double from_acc<double>(double x) { return x; }
 // exp / log spelled per type so the CPU compiler maps them to vector variants.
 #if defined(__CUDA_ARCH__)
 PYSD_HD float fexp(float x) { return expf(x); }
+PYSD_HD float fexp_le0(float x) { return expf(x); }
 #else
 // Inline float exp for the CPU vector loops: a call into libmvec clobbers every
 // vector register, so a loop with two calls spends more time spilling than in
@@ -99,9 +100,7 @@ PYSD_HD float fexp(float x) { return expf(x); }
 // expf.  Results below 2^-126 flush to 0 (softmax terms that small are
 // invisible next to the row's largest term, which is 1); +inf above 88.72,
 // NaN stays NaN.
-PYSD_HD float fexp(float x) {
-  const float lo = -87.336544f, hi = 88.72283f;
-  const float xc = x < lo ? lo : (x > hi ? hi : x);
+PYSD_HD float exp_poly(float xc) {  // xc within [-87.34, 88.72]
   const float k = floorf(xc * 1.44269504f + 0.5f);
   float r = xc - k * 0.693145751953125f;  // ln 2 split in two for an exact k * ln2
   r = r - k * 1.428606765330187e-06f;
@@ -113,11 +112,22 @@ PYSD_HD float fexp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const float scale = bits_to_float(uint32_t(int32_t(k) + 127) << 23);
-  const float e = p * scale;
+  return p * bits_to_float(uint32_t(int32_t(k) + 127) << 23);
+}
+PYSD_HD float fexp(float x) {
+  const float lo = -87.336544f, hi = 88.72283f;
+  const float e = exp_poly(x < lo ? lo : (x > hi ? hi : x));
   return x < lo ? 0.0f : (x > hi ? INFINITY : e);
 }
+// exp of a shifted softmax term x = (s - max) / T <= 0 (or NaN): without the
+// overflow branch the vector loop carries half the blends of fexp.
+PYSD_HD float fexp_le0(float x) {
+  const float lo = -87.336544f;
+  const float e = exp_poly(x < lo ? lo : x);
+  return x < lo ? 0.0f : e;
+}
 #endif
+PYSD_HD double fexp_le0(double x) { return exp(x); }
 PYSD_HD double fexp(double x) { return exp(x); }
 PYSD_HD float flog(float x) { return logf(x); }
 PYSD_HD double flog(double x) { return log(x); }

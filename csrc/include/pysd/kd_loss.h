@@ -94,11 +94,11 @@ PYSD_HD A pow_floor(int n) {
 template <int TF, int CE, typename A>
 PYSD_HD void exp_elem(A inv_t, A ms, A mt, A s, A t, int n, A floor, A& ez, A& eu, A& e1, Totals<A>& acc) {
   const A zs = (s - ms) * inv_t;
-  ez = fexp(zs);
+  ez = fexp_le0(zs);
   acc.sz += ez;
   if (TF == kLogits || TF == kLogProbs) {
     const A us = (t - mt) * inv_t;
-    eu = fexp(us);
+    eu = fexp_le0(us);
     acc.su += eu;
     // eu == 0 guards a -inf teacher logit against 0 * inf.
     acc.fkl += eu > A(0) ? eu * (us - zs) : A(0);
@@ -110,7 +110,7 @@ PYSD_HD void exp_elem(A inv_t, A ms, A mt, A s, A t, int n, A floor, A& ez, A& e
     eu = A(0);
   }
   if (CE == kCeExp) {
-    e1 = fexp(s - ms);
+    e1 = fexp_le0(s - ms);
   } else if (CE == kCePow) {
     // Branch-free binary powering (n <= 16) so the vector loop stays a straight line.
     const A x1 = ez > floor ? ez : A(0), x2 = x1 * x1, x4 = x2 * x2, x8 = x4 * x4;
