@@ -85,20 +85,32 @@ def _all_reduce(t: Tensor, op, group) -> Tensor:
 
 class ShardHead:
     """A head over given logits ``s (N, V_r)``: the chunk's context is its rows of ``s``; the gradient
-    goes into one ``(N, V_r)`` buffer (the only full-size allocation)."""
+    goes into one ``(N, V_r)`` buffer (the only full-size allocation).  Same protocol as the linear
+    head of :mod:`pysd.ops.fused_linear_kd_loss`: ``backward`` takes the chunk's slice of the
+    compacted (non-ignored) rows ``valid``."""
 
-    def __init__(self, s: Tensor, compute_grad: bool):
-        self.s = s
-        self.grad = torch.zeros_like(s, memory_format=torch.contiguous_format) if compute_grad else None
+    def __init__(self, s: Tensor, compute_grad: bool, valid: Optional[Tensor]):
+        self.s, self.valid = s, valid
+        self.grad = None
+        if compute_grad:  # every entry is written when no row is ignored
+            alloc = torch.empty_like if valid is None else torch.zeros_like
+            self.grad = alloc(s, memory_format=torch.contiguous_format)
 
-    def context(self, rows: Tensor) -> Tensor:
+    def context(self, rows) -> Tensor:
         return self.s[rows]
 
     def logits(self, ctx: Tensor, v0: int, v1: int) -> Tensor:
         return ctx[:, v0:v1]
 
-    def backward(self, rows, ctx, z, g, v0, v1, first) -> None:
+    def backward(self, out_rows: slice, ctx, z, g, v0, v1, first) -> None:
+        rows = out_rows if self.valid is None else self.valid[out_rows]
         self.grad[rows, v0:v1] = g.to(self.grad.dtype)
+
+    def finish_rows(self) -> None:
+        pass
+
+    def gradients(self, valid) -> Tuple[Tensor]:
+        return (self.grad,)
 
 
 # --------------------------------------------------------------------------- dense teacher
@@ -243,7 +255,7 @@ def _reduce_sparse(stats: Tensor, gathered: Tensor, temperature: float, group) -
     return stats, buf[:, skd.NUM_STATS - 1:].contiguous()  # the kernels read (N, k) rows densely
 
 
-def sparse_chunk(head, ctx, rows, plan, shard: Shard, cols: int, compute_grad: bool) -> Tensor:
+def sparse_chunk(head, ctx, out_rows, plan, shard: Shard, cols: int, compute_grad: bool) -> Tensor:
     """Row losses ``(c,)`` of one chunk against a sparse teacher; the head takes the logits gradient.
     The local shard is swept in pieces of ``cols`` classes (one piece: its logits are kept between the
     statistics and the gradient; several: recomputed, never more than ``(c, cols)`` at once)."""
@@ -268,7 +280,7 @@ def sparse_chunk(head, ctx, rows, plan, shard: Shard, cols: int, compute_grad: b
         for i, (v0, v1) in enumerate(spans):
             z = piece(v0, v1)
             g = skd.sparse_kd_apply(plan, z, shard.start + v0, coef, delta)
-            head.backward(rows, ctx, z, g, v0, v1, i == 0)
+            head.backward(out_rows, ctx, z, g, v0, v1, i == 0)
     return out
 
 
@@ -292,31 +304,45 @@ class Problem:
     chunk_cols: int
 
 
-def run(head, pb: Problem, shard: Shard, compute_grad: bool, row_weight: Optional[Tensor] = None) -> Tensor:
-    """Row losses ``(N,)`` (accumulation dtype, 0 on ignored rows); with ``compute_grad`` the head
-    holds the gradient of the reduced loss (``row_weight``, if given, replaces the row weights)."""
+def run(new_head, pb: Problem, shard: Shard, compute_grad: bool, row_weight: Optional[Tensor] = None):
+    """Row losses ``(N,)`` (accumulation dtype, 0 on ignored rows) and, with ``compute_grad``, the
+    gradients of the reduced loss as ``new_head(m, valid).gradients(valid)`` returns them (``m`` rows
+    are not ignored, ``valid`` their ids or None for all).  ``row_weight``, if given, replaces the row
+    weights.  Ignored rows are dropped before any logits exist."""
     w = pb.weight if row_weight is None else row_weight
     y = pb.target
     dev = pb.grad_scale.device
     losses = torch.zeros(pb.n, dtype=acc_dtype(pb.dtype), device=dev)
-    valid = torch.arange(pb.n, device=dev) if y is None else (y != pb.options["ignore_index"]).nonzero().squeeze(1)
-    chunks: List[Tensor] = [valid[i:i + pb.chunk_rows] for i in range(0, valid.numel(), pb.chunk_rows)]
-    for rows in chunks:
+    valid = None if y is None else (y != pb.options["ignore_index"]).nonzero().squeeze(1)
+    if valid is not None and valid.numel() == pb.n:
+        valid = None  # every row counts: chunks are slices
+    m = pb.n if valid is None else valid.numel()
+    head = new_head(m, valid)
+    for i in range(0, m, pb.chunk_rows):
+        out_rows = slice(i, min(m, i + pb.chunk_rows))
+        rows = out_rows if valid is None else valid[out_rows]
         ctx = head.context(rows)
         yc = None if y is None else y[rows]
         wc = None if w is None else w[rows]
         if pb.sparse is not None:
             plan = skd.SparsePlan(shard.vocab, pb.sparse[0][rows], pb.sparse[1][rows], yc, wc, pb.grad_scale,
                                   pb.options, pb.dtype, Reduction.SUM)
-            losses[rows] = sparse_chunk(head, ctx, rows, plan, shard, pb.chunk_cols, compute_grad)
-            continue
-        z = head.logits(ctx, 0, shard.width)
-        t = None if pb.dense is None else pb.dense.rows(rows)
-        out, g = dense_chunk(z, t, yc, wc, pb.grad_scale, pb.options, shard, compute_grad)
-        losses[rows] = out
-        if compute_grad:
-            head.backward(rows, ctx, z, g.to(z.dtype), 0, shard.width, True)
-    return losses
+            losses[rows] = sparse_chunk(head, ctx, out_rows, plan, shard, pb.chunk_cols, compute_grad)
+        else:
+            z = head.logits(ctx, 0, shard.width)
+            t = None if pb.dense is None else pb.dense.rows(rows)
+            out, g = dense_chunk(z, t, yc, wc, pb.grad_scale, pb.options, shard, compute_grad)
+            losses[rows] = out
+            if compute_grad:
+                head.backward(out_rows, ctx, z, g.to(z.dtype), 0, shard.width, True)
+        head.finish_rows()
+    return losses, (head.gradients(valid) if compute_grad else None)
+
+
+def unit(grad_loss: Tensor) -> bool:
+    """Whether the upstream gradient is the 1 of ``loss.backward()`` (read only on the CPU: no sync),
+    so the gradients computed in forward are the answer as they are."""
+    return not torch.compiler.is_compiling() and grad_loss.device.type == "cpu" and grad_loss.item() == 1.0
 
 
 def reduce_rows(rows: Tensor, grad_scale: Tensor, reduction: int, dtype: torch.dtype) -> Tensor:

@@ -16,7 +16,7 @@ from .._codes import Reduction, acc_dtype
 from ..ops.fused_linear_kd_loss import HIDDEN, SPARSE, _check_linear, _chunk_plan, _Head, _teacher_kind
 from ..ops.kd_loss import _check_companion
 from ..sparse_teacher import SparseTeacher
-from ._vocab import Dense, budget_rows, check_sparse_device, reduce_rows, run
+from ._vocab import Dense, budget_rows, check_sparse_device, reduce_rows, run, unit
 from .kd_loss import _collective, _config, _problem
 
 OP = "fused_linear_kd_loss"
@@ -35,14 +35,13 @@ class _FusedShard(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, pb, shard, cap, reduction, compute_grad, reduce_input_grad):
-        head = _LinearHead(x, weight, bias, cap, compute_grad and reduction != Reduction.NONE)
-        rows = run(head, pb, shard, head.gx is not None)
+        grad_now = compute_grad and reduction != Reduction.NONE
+        rows, grads = run(lambda m, valid: _LinearHead(x, weight, bias, cap, grad_now, m), pb, shard, grad_now)
         ctx.args = (pb, shard, cap, reduction, reduce_input_grad)
         if reduction == Reduction.NONE:
             ctx.save_for_backward(x, weight, bias)
         elif compute_grad:
-            gb = None if head.gb is None else head.gb.to(x.dtype)
-            ctx.save_for_backward(head.gx, head.gw.to(weight.dtype), gb)
+            ctx.save_for_backward(*_cast(grads, x, weight))
         return reduce_rows(rows, pb.grad_scale, reduction, x.dtype)
 
     @staticmethod
@@ -52,18 +51,26 @@ class _FusedShard(torch.autograd.Function):
         if reduction == Reduction.NONE:
             x, weight, bias = ctx.saved_tensors
             scale = grad_loss.to(acc_dtype(x.dtype))
-            head = _LinearHead(x, weight, bias, cap, True)
-            run(head, replace(pb, grad_scale=torch.ones_like(pb.grad_scale)), shard, True,
-                row_weight=scale if pb.weight is None else pb.weight * scale)
-            gx, gw = head.gx, head.gw.to(weight.dtype)
-            gb = None if head.gb is None else head.gb.to(x.dtype)
+            _, grads = run(lambda m, valid: _LinearHead(x, weight, bias, cap, True, m),
+                           replace(pb, grad_scale=torch.ones_like(pb.grad_scale)), shard, True,
+                           row_weight=scale if pb.weight is None else pb.weight * scale)
+            gx, gw, gb = _cast(grads, x, weight)
         else:
             gx, gw, gb = ctx.saved_tensors
-            gx, gw = gx * grad_loss.to(gx.dtype), gw * grad_loss.to(gw.dtype)
-            gb = None if gb is None else gb * grad_loss.to(gb.dtype)
+            if unit(grad_loss):  # loss.backward() seeds 1: no (V_r, H) multiply then
+                gx = gx.clone() if reduce_input_grad else gx  # the all-reduce writes in place
+            else:
+                gx, gw = gx * grad_loss.to(gx.dtype), gw * grad_loss.to(gw.dtype)
+                gb = None if gb is None else gb * grad_loss.to(gb.dtype)
         if reduce_input_grad:
             dist.all_reduce(gx, op=dist.ReduceOp.SUM, group=shard.group)
         return (gx, gw, gb) + (None,) * 6
+
+
+def _cast(grads, x, weight):
+    """The head's accumulators in the parameters' dtypes."""
+    gx, gw, gb = grads
+    return gx, gw.to(weight.dtype), None if gb is None else gb.to(x.dtype)
 
 
 def _default_rows(kind: int, width: int, vt: int, esize: int, acc: int) -> int:

@@ -18,7 +18,7 @@ from ..ops.kd_loss import _check_companion, _check_normalizer, _check_student, _
 from ..ops.sparse_kd_loss import sparse_kd_plan
 from ..sparse_teacher import SparseTeacher
 from ._comm import agree_flag, message
-from ._vocab import Dense, Problem, ShardHead, budget_rows, check_sparse_device, layout, reduce_rows, run
+from ._vocab import Dense, Problem, ShardHead, budget_rows, check_sparse_device, layout, reduce_rows, run, unit
 
 OP = "global_normalizer"
 
@@ -153,10 +153,9 @@ class _ShardLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s, pb, shard, reduction, compute_grad):
-        head = ShardHead(s, compute_grad)
-        rows = run(head, pb, shard, compute_grad)
+        rows, grads = run(lambda m, valid: ShardHead(s, compute_grad, valid), pb, shard, compute_grad)
         ctx.reduction = reduction
-        ctx.save_for_backward(head.grad if compute_grad else None)
+        ctx.save_for_backward(grads[0] if compute_grad else None)
         return reduce_rows(rows, pb.grad_scale, reduction, s.dtype)
 
     @staticmethod
@@ -165,6 +164,8 @@ class _ShardLoss(torch.autograd.Function):
         (buf,) = ctx.saved_tensors
         if buf is None:
             return (None,) * 5
+        if ctx.reduction != Reduction.NONE and unit(grad_loss):
+            return (buf,) + (None,) * 4  # loss.backward(): the buffer is the gradient, no (N, V_r) multiply
         g = grad_loss.to(buf.dtype)
         return (buf * (g.unsqueeze(-1) if ctx.reduction == Reduction.NONE else g),) + (None,) * 4
 
