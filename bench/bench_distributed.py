@@ -11,7 +11,6 @@ ranks; the table below reports the in-rank times, and the single-process ops on 
 """
 
 import os
-import socket
 import sys
 import time
 from datetime import timedelta
@@ -19,9 +18,8 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from conftest import RESULTS
+from conftest import RESULTS, spawn_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = os.environ.get("PYSD_BENCH_FULL") == "1"
@@ -73,21 +71,11 @@ def _worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("world", [1, 2])
 def test_sharded_graph_and_propagation(benchmark, world):
-    out = mp.get_context("spawn").SimpleQueue()
-
-    def run():
-        mp.spawn(_worker, args=(world, _free_port(), out), nprocs=world, join=True)
-
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    graph_s, prop_s, halo_b, gather_b, single = out.get()
+    res = {}
+    benchmark.pedantic(lambda: res.update(out=spawn_ranks(_worker, world)), rounds=1, iterations=1)
+    graph_s, prop_s, halo_b, gather_b, single = res["out"]
     tag = f"{world} rank{'s' if world > 1 else ''}"
     extra = dict(halo_MB_per_iter=round(halo_b / 1e6, 2), allgather_MB_per_iter=round(gather_b / 1e6, 2))
     RESULTS[f"distributed knn_graph N={N} d={D} k={K}"][tag] = {"seconds": graph_s}

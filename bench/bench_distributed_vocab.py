@@ -17,17 +17,14 @@ against the all-gather recipe: gathering the student's and the teacher's float32
 """
 
 import os
-import socket
 import sys
-import time
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from conftest import RESULTS, paired, spread
+from conftest import RESULTS, paired, paired_ratio, spread, spawn_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = os.environ.get("PYSD_BENCH_FULL") == "1"
@@ -128,26 +125,18 @@ def _worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("world", [1, 2])
 def test_vocab_parallel_fused_linear(benchmark, world):
-    out = mp.get_context("spawn").SimpleQueue()
-
-    def run():
-        mp.spawn(_worker, args=(world, _free_port(), out), nprocs=world, join=True)
-
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    times, sent = out.get()
+    res = {}
+    benchmark.pedantic(lambda: res.update(out=spawn_ranks(_worker, world)), rounds=1, iterations=1)
+    times, sent = res["out"]
     group = f"distributed fused_linear_kd_loss N={N} H={H} V={V} fwd+bwd"
     gather_row = 2 * V * 4 * (world - 1) / world
     for name, ts in times.items():
         tag = f"{name} {world} rank{'s' if world > 1 else ''}" if name != "single-process" else "pysd single-process"
         extra = {"spread_s": spread(ts)}
+        if name == "hidden" and "single-process" in times:  # the same teacher, interleaved round by round
+            extra["paired_vs_single_process"] = paired_ratio(times, "single-process", name)
         if name in sent and name != "single-process" and world > 1:
             stats, grad_x = sent[name]
             extra.update(stats_bytes_per_row=round(stats / N, 1), stats_MB_per_step=round(stats / 1e6, 3),
