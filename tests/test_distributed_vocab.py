@@ -37,7 +37,7 @@ def _sparse(t, tail):
     return pysd.SparseTeacher(ids, vals, st.format, tail, 1.0)
 
 
-TEACHERS = ("dense", "hidden", "renormalize", "bucket", "uniform", "none")
+TEACHERS = ("dense", "probs", "hidden", "renormalize", "bucket", "uniform", "none")
 DIVERGENCES = (dict(divergence="fkl"), dict(divergence="rkl"), dict(divergence="jsd", beta=0.3))
 OPTIONS = (dict(), dict(temperature=2.0, label_smoothing=0.1, use_weight=True),
            dict(reduction="sum", temperature=0.7, hard_weight=0.0), dict(reduction="none", soft_weight=0.5),
@@ -60,8 +60,10 @@ def _close(a, b, tol, what):
 def _case_kwargs(d, kind, div, opt):
     kw = dict(div)
     kw.update({k: v for k, v in opt.items() if k not in ("use_weight", "normalizer")})
-    if kind in ("renormalize", "bucket", "uniform", "none") or kind == "hidden":
+    if kind != "dense":
         kw.pop("teacher_format", None)
+    if kind == "probs":
+        kw["teacher_format"] = "probs"
     if opt.get("use_weight"):
         kw["weight"] = d["rw"]
     if opt.get("normalizer"):
@@ -69,8 +71,13 @@ def _case_kwargs(d, kind, div, opt):
     return kw
 
 
-def _teachers(d, kind, lo, hi):
+def _teachers(d, kind, lo, hi, kw):
     """(single-process teacher, this rank's teacher, fused extras full, fused extras shard)."""
+    if kind == "probs":  # probabilities over the full vocabulary, sharded; a zero (rkl: infinite there)
+        p = torch.softmax(d["t"], -1)
+        p[..., 1] = 0.0 if kw.get("divergence") != "rkl" else p[..., 1]
+        p = p / p.sum(-1, keepdim=True)
+        return p, p[..., lo:hi], {}, {}
     if kind in ("dense", "hidden"):
         full = dict(teacher_weight=d["wt"], teacher_bias=d["bt"]) if kind == "hidden" else {}
         part = dict(teacher_weight=d["wt"][lo:hi], teacher_bias=d["bt"][lo:hi]) if kind == "hidden" else {}
@@ -82,7 +89,7 @@ def _teachers(d, kind, lo, hi):
 
 
 def _check_kd(d, kind, kw, lo, hi, group, tol):
-    t_full, t_part, _, _ = _teachers(d, kind, lo, hi)
+    t_full, t_part, _, _ = _teachers(d, kind, lo, hi, kw)
     s = d["s"].clone().requires_grad_()
     ref = pysd.kd_loss(s, t_full, d["y"], **kw)
     _backward(ref)
@@ -96,7 +103,7 @@ def _check_kd(d, kind, kw, lo, hi, group, tol):
 def _check_fused(d, kind, kw, lo, hi, group, tol, chunk=None, reduce_input_grad=True):
     if kind == "none":
         return
-    t_full, t_part, ext_full, ext_part = _teachers(d, kind, lo, hi)
+    t_full, t_part, ext_full, ext_part = _teachers(d, kind, lo, hi, kw)
     if kind == "hidden":
         t_full = t_part = d["h"]
     kw = dict(kw, logit_softcap=5.0) if kind == "hidden" else kw
@@ -135,6 +142,10 @@ def _cases(rank, world, sizes, order):
     for i, (kind, div) in enumerate(itertools.product(TEACHERS, DIVERGENCES)):
         opt = OPTIONS[i % len(OPTIONS)]
         kw = _case_kwargs(d, kind, div, opt)
+        if kind == "none" and kw.get("hard_weight") == 0.0:  # no term left: refused, as in one process
+            with pytest.raises(ValueError, match="no loss term"):
+                pysd.distributed.kd_loss(d["s"][..., lo:hi], None, d["y"], vocab_start=lo, **kw)
+            continue
         if kind == "renormalize" and div["divergence"] == "rkl":
             with pytest.raises(ValueError, match="infinite"):
                 pysd.distributed.kd_loss(d["s"][..., lo:hi], _sparse(d["t"], kind), d["y"], vocab_start=lo, **kw)
