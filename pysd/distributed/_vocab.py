@@ -18,8 +18,10 @@ Per chunk of ``c`` rows (every rank holds the same rows; shards split the classe
   ``8 + k`` numbers per row (``+ 2`` for jsd with a uniform tail).
 
 A *head* turns a chunk's context into logits over local classes ``[v0, v1)`` and takes their gradient
-back (``logits(ctx, v0, v1)``, ``backward(rows, ctx, z, g, v0, v1, first)``): the shard of given logits
-(:class:`ShardHead`) or the fused linear head of :mod:`pysd.ops.fused_linear_kd_loss`.
+back, with the protocol of the linear head of :mod:`pysd.ops.fused_linear_kd_loss` (``context(rows)``,
+``logits(ctx, v0, v1)``, ``backward(out_rows, ctx, z, g, v0, v1, first)`` with ``out_rows`` the chunk's
+slice of the non-ignored rows, ``finish_rows()``, ``gradients(valid)``): the shard of given logits
+(:class:`ShardHead`) or that linear head.
 """
 
 from __future__ import annotations
@@ -330,7 +332,7 @@ def run(new_head, pb: Problem, shard: Shard, compute_grad: bool, row_weight: Opt
             losses[rows] = sparse_chunk(head, ctx, out_rows, plan, shard, pb.chunk_cols, compute_grad)
         else:
             z = head.logits(ctx, 0, shard.width)
-            t = None if pb.dense is None else pb.dense.rows(rows)
+            t = None if pb.dense is None or pb.options["soft_coef"] == 0.0 else pb.dense.rows(rows)
             out, g = dense_chunk(z, t, yc, wc, pb.grad_scale, pb.options, shard, compute_grad)
             losses[rows] = out
             if compute_grad:
