@@ -13,7 +13,6 @@ all-gather of the (N, C) float32 scores.  The pytest-benchmark time includes sta
 """
 
 import os
-import socket
 import statistics
 import sys
 import time
@@ -22,9 +21,8 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from conftest import RESULTS, paired, record_paired, spread
+from conftest import RESULTS, paired, record_paired, spawn_ranks, spread
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = os.environ.get("PYSD_BENCH_FULL") == "1"
@@ -136,12 +134,6 @@ def _worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _entry(times, **extra):
     """A results row as ``record`` writes it: the median, the min-max spread and the number of rounds."""
     return {"seconds": statistics.median(times), "min_max_ms": f"{min(times) * 1e3:.1f}-{max(times) * 1e3:.1f}",
@@ -150,13 +142,9 @@ def _entry(times, **extra):
 
 @pytest.mark.parametrize("world", [1, 2])
 def test_sharded_graph_and_propagation(benchmark, world):
-    out = mp.get_context("spawn").SimpleQueue()
-
-    def run():
-        mp.spawn(_worker, args=(world, _free_port(), out), nprocs=world, join=True)
-
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    graph_s, single_graph_s, results = out.get()
+    res = {}
+    benchmark.pedantic(lambda: res.update(out=spawn_ranks(_worker, world)), rounds=1, iterations=1)
+    graph_s, single_graph_s, results = res["out"]
     tag = f"{world} rank{'s' if world > 1 else ''}"
     group = f"distributed knn_graph N={N} d={D} k={K}"
     RESULTS[group][tag] = {"seconds": graph_s}

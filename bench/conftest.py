@@ -68,6 +68,21 @@ def record_paired(group: str, times: dict, pysd_impls, **extra_by_impl):
         RESULTS[group][name] = res
 
 
+def spawn_ranks(worker, world: int):
+    """Runs ``worker(rank, world, port, out)`` on ``world`` spawned processes (a free local port for the
+    process group) and returns what they put in the queue ``out`` (rank 0 puts one result)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    out = mp.get_context("spawn").SimpleQueue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(worker, args=(world, port, out), nprocs=world, join=True)
+    return out.get()
+
+
 def peak_rss(module: str, impl: str, *args) -> int:
     """Peak extra resident bytes of one ``module.make_step(impl, *args)()`` in a fresh process
     (``bench/peak_memory.py``)."""

@@ -64,6 +64,13 @@ def agree(op: str, group, config: tuple, error: Optional[str], extra=None) -> li
     return [e for _, _, e in items]
 
 
+def all_gather_rows(out: Tensor, t: Tensor, group) -> None:
+    """``out (P * n, ...)`` <- every rank's ``t (n, ...)`` in rank order (``all_gather_single`` where
+    torch has it: ``all_gather_into_tensor`` is deprecated there)."""
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    fn(out, t, group=group)
+
+
 def exchange(group, sends: Sequence[Optional[Tensor]], recvs: Sequence[Optional[Tensor]], tag: int = 0) -> None:
     """Point-to-point exchange: ``sends[r]`` goes to rank r and ``recvs[r]`` is filled from it (None or
     empty: nothing; both sides derive the same sizes, so empty messages are never posted)."""
