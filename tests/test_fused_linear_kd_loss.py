@@ -82,6 +82,20 @@ def test_equals_materialised(kind, n, v, div, reduction, rows, cols, cap, hard, 
     both(x, w, b if bias else None, teacher, y, **kw)
 
 
+@pytest.mark.parametrize("n", [1, 339, 340, 341, 1024, 2048, 5000])
+def test_default_chunks_fill_the_budget_in_equal_parts(n):
+    """chunk_size=None: the fewest chunks whose buffers fit DEFAULT_BUDGET, split evenly (no small last GEMM)."""
+    from pysd.ops.fused_linear_kd_loss import DEFAULT_BUDGET, _chunk_plan
+
+    v = vt = 128256
+    per_row = v * 12 + vt * 4
+    rows, cols = _chunk_plan(None, n, v, vt, 4)
+    chunks = -(-n // rows)
+    assert cols == v and rows * per_row <= DEFAULT_BUDGET
+    assert chunks == -(-n // (DEFAULT_BUDGET // per_row))  # as few chunks as the budget allows
+    assert n - (chunks - 1) * rows >= rows - chunks + 1  # the last chunk is (nearly) as large as the others
+
+
 def test_all_rows_ignored_and_no_target():
     _, x, w, b, y = inputs(4, 3, 6, 0)
     t = torch.randn(4, 6, dtype=torch.float64)

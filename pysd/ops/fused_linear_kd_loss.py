@@ -23,7 +23,9 @@ from . import sparse_kd_loss as skd
 from .kd_loss import _check_normalizer, _check_options, _check_tensors, _grad_scale
 
 DENSE, SPARSE, HIDDEN = 0, 1, 2
-DEFAULT_BUDGET = 256 << 20  # bytes of chunk buffers when chunk_size is None
+# bytes of chunk buffers when chunk_size is None: at V = 128k that is ~340 rows, where the CPU GEMMs
+# run near their full-matrix speed (128-row chunks lost ~15% to GEMM shape)
+DEFAULT_BUDGET = 512 << 20
 
 
 def _softcap_(z: Tensor, cap: float) -> Tensor:
@@ -31,9 +33,27 @@ def _softcap_(z: Tensor, cap: float) -> Tensor:
     return z.div_(cap).tanh_().mul_(cap)
 
 
-def _chunk_logits(x: Tensor, weight: Tensor, bias: Optional[Tensor], cap: float) -> Tensor:
-    z = x @ weight.T if bias is None else torch.addmm(bias, x, weight.T)
+def _chunk_logits(x: Tensor, weight: Tensor, bias: Optional[Tensor], cap: float, out: Optional[Tensor] = None,
+                  ) -> Tensor:
+    """``x @ weight.T + bias``, soft-capped, into ``out`` (a reused chunk buffer) when given."""
+    if out is None:
+        z = x @ weight.T if bias is None else torch.addmm(bias, x, weight.T)
+    else:
+        z = torch.mm(x, weight.T, out=out) if bias is None else torch.addmm(bias, x, weight.T, out=out)
     return _softcap_(z, cap) if cap > 0 else z
+
+
+class _Buffer:
+    """One ``(rows, cols)`` chunk buffer reused by every chunk of a call: a fresh multi-MiB tensor
+    per chunk costs its page faults again each time."""
+
+    def __init__(self, like: Tensor, cols: int):
+        self.like, self.cols, self.t = like, cols, None
+
+    def rows(self, r: int) -> Tensor:
+        if self.t is None or self.t.shape[0] < r:
+            self.t = self.like.new_empty((r, self.cols))
+        return self.t[:r]
 
 
 def _match_vocab(t: Tensor, v: int, probs: bool) -> Tensor:
@@ -62,9 +82,9 @@ class _Head:
             else None
         self.first_rows = True  # the current chunk of rows is the first one
 
-    def logits(self, xc: Tensor, v0: int, v1: int) -> Tensor:
+    def logits(self, xc: Tensor, v0: int, v1: int, out: Optional[Tensor] = None) -> Tensor:
         b = None if self.bias is None else self.bias[v0:v1]
-        return _chunk_logits(xc, self.weight[v0:v1], b, self.cap)
+        return _chunk_logits(xc, self.weight[v0:v1], b, self.cap, out)
 
     def backward(self, rows: slice, xc: Tensor, z: Tensor, g: Tensor, v0: int, v1: int, first: bool) -> None:
         """Accumulate the gradients of a (rows x [v0, v1)) chunk whose (capped) logits are ``z``
@@ -116,12 +136,13 @@ def _sparse_kernel(s, ids, vals, y, w, grad_scale, opts, compute_grad):
     return fn(s, ids, vals, y, w, grad_scale, compute_grad=compute_grad, **opts)
 
 
-def _teacher_rows(kind, teacher, rows, v, opts, t_weight, t_bias, cap):
-    """Dense teacher logits ``(c, V)`` of a chunk of rows (or the sparse ids / values)."""
+def _teacher_rows(kind, teacher, rows, v, opts, t_weight, t_bias, cap, out=None):
+    """Dense teacher logits ``(c, V)`` of a chunk of rows (or the sparse ids / values); ``out``:
+    the buffer of the hidden-state teacher's logits."""
     if kind == SPARSE:
         return teacher[0][rows], teacher[1][rows]
     if kind == HIDDEN:
-        t = _chunk_logits(teacher[rows], t_weight, t_bias, cap)
+        t = _chunk_logits(teacher[rows], t_weight, t_bias, cap, out)
     else:
         t = teacher[rows]
     return _match_vocab(t, v, opts["teacher_format"] == TeacherFormat.PROBS)
@@ -173,18 +194,21 @@ def _run(x, weight, bias, y, w, grad_scale, kind, teacher, t_weight, t_bias, opt
     m = n if valid is None else valid.numel()
     head = _Head(x, weight, bias, cap, compute_grad, m)
     losses = torch.zeros(n, dtype=acc_dtype(x.dtype), device=x.device)
+    z_buf = _Buffer(x, v)
+    t_buf = _Buffer(teacher, t_weight.shape[0]) if kind == HIDDEN else None
     for i in range(0, m, chunk_rows):
         out_rows = slice(i, min(m, i + chunk_rows))  # rows of the compacted gradient
         rows = out_rows if valid is None else valid[out_rows]
         xc = x[rows]
         yc = None if y is None else y[rows]
         wc = None if w is None else w[rows]
-        t = _teacher_rows(kind, teacher, rows, v, opts, t_weight, t_bias, cap)
+        r = out_rows.stop - out_rows.start
+        t = _teacher_rows(kind, teacher, rows, v, opts, t_weight, t_bias, cap, t_buf.rows(r) if t_buf is not None else None)
         if chunk_cols < v:
             plan = skd.SparsePlan(v, t[0], t[1], yc, wc, grad_scale, _sparse_opts(opts), x.dtype, Reduction.SUM)
             losses[rows] = _vocab_pieces(head, plan, out_rows, xc, chunk_cols, compute_grad)
         else:
-            z = head.logits(xc, 0, v)
+            z = head.logits(xc, 0, v, z_buf.rows(r))
             if kind == SPARSE:
                 out, g = _sparse_kernel(z, t[0], t[1], yc, wc, grad_scale, _sparse_opts(opts), compute_grad)
             else:
@@ -325,7 +349,8 @@ def _chunk_plan(chunk_size, n: int, v: int, vt: int, esize: int) -> Tuple[int, i
     logits, their gradient and the teacher's logits (4 bytes each for the kernel's fp32 math)."""
     if chunk_size is None:
         per_row = v * (2 * esize + 4) + vt * max(esize, 4)
-        return max(1, min(max(n, 1), DEFAULT_BUDGET // per_row)), v
+        most = max(1, DEFAULT_BUDGET // per_row)
+        return -(-max(n, 1) // -(-max(n, 1) // most)), v  # equal chunks: no small GEMM at the end
     if isinstance(chunk_size, int) and not isinstance(chunk_size, bool):
         chunk_size = (chunk_size, v)
     if (not isinstance(chunk_size, tuple) or len(chunk_size) != 2
@@ -362,7 +387,7 @@ def fused_linear_kd_loss(student_input: Tensor, student_weight: Tensor, teacher,
             logits computed from hidden states), with its exact gradient ``1 - tanh^2``.
         chunk_size: rows per chunk, or ``(rows, cols)`` to also split the vocabulary (SparseTeacher
             only).  None: the most rows whose chunk buffers (student logits and their gradient,
-            teacher logits) fit in 256 MiB.
+            teacher logits) fit in 512 MiB, split into equal chunks.
         every other keyword: as :func:`pysd.kd_loss`.
 
     Returns:
