@@ -27,7 +27,7 @@ def find_bench_dir(explicit=None) -> Path:
     candidates = [Path(explicit)] if explicit else [here.parent / "bench", here / "bench"]
     for c in candidates:
         if (c / "conftest.py").exists() and any(c.glob("bench_*.py")):
-            return c
+            return c.resolve()  # absolute: pytest runs with the folder as its working directory
     where = f"{explicit} has no conftest.py and bench_*.py files" if explicit else (
         "this pysd has no benchmarks installed (reinstall it from a wheel or a source checkout)")
     raise InputError(f"cannot find the bench/ folder: {where}")

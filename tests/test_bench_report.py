@@ -44,8 +44,10 @@ def test_bar_chart_whiskers_are_the_paired_min_max(tmp_path, monkeypatch):
     assert seen["eager"][1:] == (0, 0)  # no paired rounds stored: no whisker
 
 
-def test_bench_dir_is_found_and_bad_selection_fails(tmp_path):
+def test_bench_dir_is_found_and_bad_selection_fails(tmp_path, monkeypatch):
     assert find_bench_dir(ROOT / "bench") == ROOT / "bench"
+    monkeypatch.chdir(ROOT)  # a relative --bench-dir names the same folder from pytest's working directory
+    assert find_bench_dir("bench") == ROOT / "bench"
     out = subprocess.run([sys.executable, "-m", "pysd", "bench", "--only", "no_such_bench", "--bench-dir",
                           str(ROOT / "bench"), "--out-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "no bench files match" in out.stderr
