@@ -134,6 +134,20 @@ def copy_gbs():
     return META["copy_gbs"]
 
 
+def machine() -> str:
+    """The CPU model, core count, pysd's active ISA clone and the memory of this machine, in one line."""
+    import platform
+
+    import pysd
+
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+              if line.startswith("model name")]
+    model = models[0] if models else platform.processor() or platform.machine()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {os.cpu_count()} cores, pysd ISA {pysd.info()['build'].get('isa_active', '?')}, {mem:.0f} GiB"
+
+
 def _baseline(group_results):
     for name in ("eager", "scipy", "faiss", "sklearn", "lbfgs"):
         for impl in group_results:
@@ -161,6 +175,6 @@ def pytest_terminal_summary(terminalreporter):
             tr.write_line(f"  {impl:<22}{res['seconds'] * 1e3:>12.2f}{ratios}   {extra}")
     out = Path(os.environ.get("PYSD_BENCH_OUT", ".benchmarks/pysd_results.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": {**META, "full": FULL, "threads": torch.get_num_threads()},
+    out.write_text(json.dumps({"meta": {**META, "full": FULL, "threads": torch.get_num_threads(), "machine": machine()},
                                "results": RESULTS}, indent=2))
     tr.write_line(f"\nresults written to {out}")

@@ -52,7 +52,8 @@ def markdown_table(data: dict) -> str:
     meta = data.get("meta", {})
     lines = ["# pysd benchmark results", "",
              f"mode: {'full' if meta.get('full') else 'quick'}, threads: {meta.get('threads')}, "
-             f"copy bandwidth: {meta.get('copy_gbs', float('nan')):.1f} GB/s", ""]
+             f"copy bandwidth: {meta.get('copy_gbs', float('nan')):.1f} GB/s"
+             + (f", machine: {meta['machine']}" if meta.get("machine") else ""), ""]
     for group, impls in data["results"].items():
         impls = {k: v for k, v in impls.items() if isinstance(v, dict) and v.get("seconds", 0) > 0}
         if not impls:
