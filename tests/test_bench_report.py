@@ -19,7 +19,8 @@ def test_markdown_table_has_ratios_against_every_baseline():
     row = next(line for line in md.splitlines() if line.startswith("| pysd-cpp"))
     assert "| 50.00 |" in row and "8.00x" in row and "4.00x" in row and "peak_extra_NxC=1.0" in row
     assert "machine" not in md
-    assert "machine: AMD EPYC, 2 cores" in markdown_table({**DATA, "meta": {**DATA["meta"], "machine": "AMD EPYC, 2 cores"}})
+    named = {**DATA, "meta": {**DATA["meta"], "machine": "AMD EPYC, 2 cores"}}
+    assert "machine: AMD EPYC, 2 cores" in markdown_table(named)
 
 
 def test_bar_chart_writes_a_png(tmp_path):

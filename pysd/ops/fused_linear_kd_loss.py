@@ -203,7 +203,8 @@ def _run(x, weight, bias, y, w, grad_scale, kind, teacher, t_weight, t_bias, opt
         yc = None if y is None else y[rows]
         wc = None if w is None else w[rows]
         r = out_rows.stop - out_rows.start
-        t = _teacher_rows(kind, teacher, rows, v, opts, t_weight, t_bias, cap, t_buf.rows(r) if t_buf is not None else None)
+        t_out = t_buf.rows(r) if t_buf is not None else None
+        t = _teacher_rows(kind, teacher, rows, v, opts, t_weight, t_bias, cap, t_out)
         if chunk_cols < v:
             plan = skd.SparsePlan(v, t[0], t[1], yc, wc, grad_scale, _sparse_opts(opts), x.dtype, Reduction.SUM)
             losses[rows] = _vocab_pieces(head, plan, out_rows, xc, chunk_cols, compute_grad)
