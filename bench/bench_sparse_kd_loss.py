@@ -23,9 +23,12 @@ SIZES = [(int(os.environ.get("PYSD_BENCH_LLM_ROWS", 4096)), 128256)] if FULL els
 ROUNDS = 3 if FULL else 5
 
 
+@functools.lru_cache(None)
 def make_inputs(n, v, seed=0):
+    """The student leaf and the sparse teacher, shared by every impl: at 4096 x 128256 an (N, V) fp32
+    tensor is 2 GiB, and a copy per impl (with its gradient) would not leave room for the eager peer."""
     g = torch.Generator().manual_seed(seed)
-    s = torch.randn(n, v, generator=g) * 2
+    s = (torch.randn(n, v, generator=g) * 2).requires_grad_()
     st = pysd.topk_teacher(torch.randn(n, v, generator=g) * 2, K)
     return s, st
 
@@ -42,8 +45,7 @@ def _compiled():
 
 
 def make_step(impl, n, v):
-    s, st = make_inputs(n, v)
-    x = s.clone().requires_grad_()
+    x, st = make_inputs(n, v)
     loss = {"eager": lambda: eager_loss(x, st.indices, st.values),
             "compile": lambda: _compiled()(x, st.indices, st.values),
             "pysd-cpp": lambda: pysd.kd_loss(x, st, reduction="batchmean")}[impl]
@@ -63,6 +65,7 @@ def test_sparse_kd_loss(n, v):
     ref = steps["eager"]().clone()
     for i in impls[1:]:  # correctness before timing (also compiles)
         torch.testing.assert_close(steps[i](), ref, rtol=1e-4, atol=1e-7)
+    del ref
     times = paired(steps, ROUNDS)
     peaks = {i: round(peak_rss("bench_sparse_kd_loss", i, n, v) / 2**20, 1) for i in impls}
     record_paired(f"sparse kd_loss fwd+bwd {n}x{v} k={K} fkl fp32", times, ["pysd-cpp"], peak_MiB=peaks)

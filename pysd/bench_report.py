@@ -117,17 +117,33 @@ def bar_chart(data: dict, path) -> None:
     plt.close(fig)
 
 
-def _run_pytest(args, bench_dir: Path, results: Path) -> int:
+def _run_pytest(args, bench_dir: Path) -> tuple[int, dict]:
+    """Runs every selected bench file in its own pytest process (one file's compiled graphs and allocator
+    caches never count against the next file's memory) and merges their results; returns (exit code, data)."""
+    import tempfile
+
     files = sorted(str(p) for p in bench_dir.glob("bench_*.py") if not args.only or args.only in p.name)
     if not files:
         raise InputError(f"no bench files match {args.only!r} in {bench_dir}")
     # the benchmarks import the pysd this command runs from, wherever the working directory is
     path = os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env = {**os.environ, "PYTHONPATH": path, "PYSD_BENCH_OUT": str(results), "PYSD_BENCH_FULL": "1" if args.full else "0"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable-gc",
-           "--rootdir", str(bench_dir), *files]
-    print("+ " + " ".join(cmd), flush=True)
-    return subprocess.call(cmd, cwd=bench_dir, env=env)
+    merged = {"meta": {}, "results": {}}
+    with tempfile.TemporaryDirectory(prefix="pysd-bench-") as tmp:
+        for i, file in enumerate(files):
+            out = Path(tmp) / f"{i}.json"
+            env = {**os.environ, "PYTHONPATH": path, "PYSD_BENCH_OUT": str(out),
+                   "PYSD_BENCH_FULL": "1" if args.full else "0"}
+            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable-gc",
+                   "--rootdir", str(bench_dir), file]
+            print("+ " + " ".join(cmd), flush=True)
+            rc = subprocess.call(cmd, cwd=bench_dir, env=env)
+            if rc != 0:
+                return rc, merged
+            if out.exists():  # a file whose benchmarks all skipped writes nothing
+                data = json.loads(out.read_text())
+                merged["meta"].update(data["meta"])
+                merged["results"].update(data["results"])
+    return 0, merged
 
 
 def run_bench(args) -> int:
@@ -142,14 +158,13 @@ def run_bench(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out-dir {out_dir} is a file, not a directory")
     with _atomic.reserve([(n, out_dir / n, "--out-dir") for n in OUTPUTS], args.force) as outs:
-        rc = _run_pytest(args, bench_dir, Path(outs.tmp("bench_results.json")).resolve())
+        rc, data = _run_pytest(args, bench_dir)
         if rc != 0:
             print(f"pysd bench: error: the benchmark run failed (pytest exit {rc}); nothing written", file=sys.stderr)
             return rc
-        raw = Path(outs.tmp("bench_results.json")).read_text()
-        if not raw:
+        if not data["results"]:
             raise InputError("the benchmark run timed nothing (every benchmark skipped?); nothing written")
-        data = json.loads(raw)
+        Path(outs.tmp("bench_results.json")).write_text(json.dumps(data, indent=2))
         Path(outs.tmp("bench_results.md")).write_text(markdown_table(data))
         bar_chart(data, outs.tmp("bench_speedups.png"))
         outs.commit()

@@ -127,3 +127,26 @@ def test_benchmarks_ship_in_the_package(tmp_path):
                            env={**os.environ, "PYTHONPATH": str(tmp_path / "lib"), "PYSD_BACKEND": ""})
     assert found.returncode == 0, found.stderr
     assert Path(found.stdout.strip()) == shipped
+
+
+def test_each_bench_file_runs_in_its_own_process(tmp_path):
+    """`pysd bench` merges the results of one pytest process per bench file into one table."""
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "conftest.py").write_text((ROOT / "bench" / "conftest.py").read_text())
+    for name in ("first", "second"):
+        (bench / f"bench_{name}.py").write_text(
+            "import os\nfrom conftest import record_paired\n\n"
+            f"def test_{name}():\n"
+            f"    record_paired('{name}', {{'eager': [2.0, 2.0], 'pysd': [1.0, 1.0]}}, ['pysd'],\n"
+            "                  pid={'pysd': os.getpid()})\n")
+    out = subprocess.run([sys.executable, "-m", "pysd", "bench", "--bench-dir", str(bench), "--out-dir",
+                          str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    data = json.loads((tmp_path / "out" / "bench_results.json").read_text())
+    assert set(data["results"]) == {"first", "second"} and "machine" in data["meta"]
+    assert data["results"]["first"]["pysd"]["pid"] != data["results"]["second"]["pysd"]["pid"]
+    table = (tmp_path / "out" / "bench_results.md").read_text()
+    assert "first" in table and "second" in table

