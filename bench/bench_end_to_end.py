@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import pysd
-from conftest import paired, spread
+from conftest import paired, record_paired, spread
 
 THREADS = 2
 N, D, C, K = 30_000, 64, 20, 10
@@ -37,6 +37,8 @@ def data():
 
 
 def _report(what, times, target):
+    """Prints the paired rounds and stores them for `pysd bench` (table: median, min-max, paired ratio)."""
+    record_paired(what, times, ["pysd"])
     ratios = [a / b for a, b in zip(times["pysd"], times["sklearn"])]
     side = {k: f"{spread(v)} s, spread {max(v) / min(v):.2f}x" for k, v in times.items()}
     print(f"\n{what}, {len(ratios)} paired rounds, load {os.getloadavg()[0]:.1f}: pysd {side['pysd']}; "

@@ -168,9 +168,19 @@ def test_pysd_end_to_end(benchmark, data):
     NOTES["pysd e2e label accuracy"] = f"{(r.labels == data['clean']).mean():.4f}"
 
 
+def test_iterate_paired(data):
+    """iterate against the scipy Zhou loop, interleaved, 3 rounds, stored for `pysd bench`."""
+    from conftest import paired, record_paired
+
+    g, labels = data["g"], data["noisy"]
+    times = paired({"pysd iterate": lambda: pysd.propagate(g, labels, solver="iterate", alpha=ALPHA, max_iter=ITERS),
+                    "scipy Zhou loop": lambda: scipy_zhou(data["S"], data["Y"])}, reps=3)
+    record_paired(f"propagate iterate {ITERS} it N={N} C={C}, paired", times, ["pysd iterate"])
+
+
 def test_reorder_paired(data):
     """cg plain, cg with reorder=True (graph order cached) and the per-class scipy cg, interleaved, 3 rounds."""
-    from conftest import paired, spread
+    from conftest import paired, record_paired, spread
 
     g, labels = data["g"], data["noisy"]
     t = time.perf_counter()
@@ -183,6 +193,9 @@ def test_reorder_paired(data):
                     "reorder": lambda: pysd.propagate(g, labels, solver="cg", alpha=ALPHA, max_iter=ITERS,
                                                       reorder=True),
                     "scipy": lambda: scipy_cg_loop(data["S"], data["Y"])}, reps=3)
+    record_paired(f"propagate cg {ITERS} it N={N} C={C}, paired", {
+        "pysd cg": times["plain"], "pysd cg reorder": times["reorder"], "scipy per-class cg": times["scipy"]},
+        ["pysd cg", "pysd cg reorder"])
     for k in ("plain", "reorder"):
         NOTES[f"cg {k} / scipy per-class cg, paired rounds"] = spread(
             [a / b for a, b in zip(times[k], times["scipy"])])

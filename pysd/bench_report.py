@@ -51,8 +51,8 @@ def markdown_table(data: dict) -> str:
     """One table per benchmark group: time and speed-up against every baseline measured in the same run."""
     meta = data.get("meta", {})
     lines = ["# pysd benchmark results", "",
-             f"mode: {'full' if meta.get('full') else 'quick'}, threads: {meta.get('threads')}, "
-             f"copy bandwidth: {meta.get('copy_gbs', float('nan')):.1f} GB/s"
+             f"mode: {'full' if meta.get('full') else 'quick'}, threads: {meta.get('threads')}"
+             + (f", copy bandwidth: {meta['copy_gbs']:.1f} GB/s" if "copy_gbs" in meta else "")
              + (f", machine: {meta['machine']}" if meta.get("machine") else ""), ""]
     for group, impls in data["results"].items():
         impls = {k: v for k, v in impls.items() if isinstance(v, dict) and v.get("seconds", 0) > 0}
