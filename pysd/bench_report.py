@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from .io import InputError
@@ -119,9 +120,8 @@ def bar_chart(data: dict, path) -> None:
 
 def _run_pytest(args, bench_dir: Path) -> tuple[int, dict]:
     """Runs every selected bench file in its own pytest process (one file's compiled graphs and allocator
-    caches never count against the next file's memory) and merges their results; returns (exit code, data)."""
-    import tempfile
-
+    caches never count against the next file's memory) and merges their results group by group, as one
+    process would have; returns (exit code, data)."""
     files = sorted(str(p) for p in bench_dir.glob("bench_*.py") if not args.only or args.only in p.name)
     if not files:
         raise InputError(f"no bench files match {args.only!r} in {bench_dir}")
@@ -142,7 +142,8 @@ def _run_pytest(args, bench_dir: Path) -> tuple[int, dict]:
             if out.exists():  # a file whose benchmarks all skipped writes nothing
                 data = json.loads(out.read_text())
                 merged["meta"].update(data["meta"])
-                merged["results"].update(data["results"])
+                for group, impls in data["results"].items():
+                    merged["results"].setdefault(group, {}).update(impls)
     return 0, merged
 
 

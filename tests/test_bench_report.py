@@ -1,5 +1,6 @@
 """`pysd bench` reporting: the Markdown table, the chart, and the command's error paths."""
 
+import json
 import os
 import subprocess
 import sys
@@ -139,14 +140,14 @@ def test_each_bench_file_runs_in_its_own_process(tmp_path):
             "import os\nfrom conftest import record_paired\n\n"
             f"def test_{name}():\n"
             f"    record_paired('{name}', {{'eager': [2.0, 2.0], 'pysd': [1.0, 1.0]}}, ['pysd'],\n"
-            "                  pid={'pysd': os.getpid()})\n")
+            "                  pid={'pysd': os.getpid()})\n"
+            f"    record_paired('shared', {{'eager': [2.0], 'pysd {name}': [1.0]}}, ['pysd {name}'])\n")
     out = subprocess.run([sys.executable, "-m", "pysd", "bench", "--bench-dir", str(bench), "--out-dir",
                           str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    import json
-
     data = json.loads((tmp_path / "out" / "bench_results.json").read_text())
-    assert set(data["results"]) == {"first", "second"} and "machine" in data["meta"]
+    assert set(data["results"]) == {"first", "second", "shared"} and "machine" in data["meta"]
+    assert set(data["results"]["shared"]) == {"eager", "pysd first", "pysd second"}  # merged, not overwritten
     assert data["results"]["first"]["pysd"]["pid"] != data["results"]["second"]["pysd"]["pid"]
     table = (tmp_path / "out" / "bench_results.md").read_text()
     assert "first" in table and "second" in table
