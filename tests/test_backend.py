@@ -80,19 +80,24 @@ def test_info_lists_every_backend_with_reason():
         assert isinstance(st["usable"], bool) and st["reason"]
     assert info["versions"]["torch"] == torch.__version__
     assert info["versions"]["pysd"] == pysd.__version__
-    assert "avx512f" in info["build"]["isa_paths"] and info["build"]["compiler"]
+    assert "x86-64-v3" in info["build"]["isa_paths"] and info["build"]["compiler"]
     assert "numba" in info["ops"]["kd_loss"]
 
 
 def test_vector_path_follows_cpu_features_not_vendor():
-    """The row kernels run the widest ISA clone the CPU has (an AVX2 AMD CPU once got the SSE2 clone)."""
+    """The row kernels run the widest ISA clone the CPU has (an AVX2 AMD CPU once got the SSE2 clone,
+    and the AVX2 clone once had no FMA)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next(line for line in f if line.startswith("flags")).split()
+            flags = set(next(line for line in f if line.startswith("flags")).split())
     except (OSError, StopIteration):
         pytest.skip("no /proc/cpuinfo flags on this platform")
-    want = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse2"
-    assert pysd.info()["build"]["isa_active"] == want
+    v3 = {"avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm"} <= flags
+    v4 = v3 and {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags
+    build = pysd.info()["build"]
+    assert build["isa_active"] == ("x86-64-v4" if v4 else "x86-64-v3" if v3 else "x86-64")
+    # What actually ran: the probe's multiply-add is fused only in the v3 / v4 clones.
+    assert build["isa_fma"] is v3
 
 
 def _run(args, env=None):

@@ -35,6 +35,28 @@ def _row_max(x, c):
     return m
 
 
+@numba.njit(cache=CACHE, fastmath=_FAST, inline="always")
+def _row_max2(x, y, c):
+    """Both row maxima in one walk over the two rows."""
+    mx = x[0]
+    my = y[0]
+    for j in range(1, c):
+        mx = max(mx, x[j])
+        my = max(my, y[j])
+    return mx, my
+
+
+@numba.njit(cache=CACHE, fastmath=_FAST, inline="always")
+def _int_pow(x, n, one):
+    """``x ** n`` for 1 <= n <= 16 by branch-free binary powering, as csrc/include/pysd/kd_loss.h
+    (``**`` with an integer exponent is a scalar call per element that LLVM does not vectorize)."""
+    x2 = x * x
+    x4 = x2 * x2
+    x8 = x4 * x4
+    return ((x if n & 1 else one) * (x2 if n & 2 else one) * (x4 if n & 4 else one) * (x8 if n & 8 else one)
+            * (x8 * x8 if n & 16 else one))
+
+
 # One kernel body of ~140 lines, over the ~60-line rule on purpose: it is the fused per-row loss and
 # gradient pass (the numba twin of csrc/cpu/kd_loss.cpp), whose passes share a dozen row statistics
 # that helpers would have to pass in and out.
@@ -58,38 +80,41 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t,
             if compute_grad:
                 grad[i, :] = zero
             continue
-        ms = _row_max(si, c)
         sz = zero
-        for j in range(c):
-            ez = exp((si[j] - ms) * inv_t)
-            bz[j] = ez
-            sz += ez
         su = zero
         fkl = zero
+        mt = zero
         if t_logits:
-            mt = _row_max(ti, c)
+            # the two rows in one walk each for the maxima and the exponentials
+            ms, mt = _row_max2(si, ti, c)
             for j in range(c):
+                zs = (si[j] - ms) * inv_t
+                ez = exp(zs)
+                bz[j] = ez
+                sz += ez
                 us = (ti[j] - mt) * inv_t
                 eu = exp(us)
                 bu[j] = eu
                 su += eu
-                fkl += eu * (us - (si[j] - ms) * inv_t) if eu > zero else zero
-        elif tf == PROBS:
-            mt = zero
+                fkl += eu * (us - zs) if eu > zero else zero
+        else:
+            ms = _row_max(si, c)
+            for j in range(c):
+                ez = exp((si[j] - ms) * inv_t)
+                bz[j] = ez
+                sz += ez
+        if tf == PROBS:
             for j in range(c):
                 p = ti[j]
                 bu[j] = p
                 su += p
                 fkl += p * (math.log(p) - (si[j] - ms) * inv_t) if p > zero else zero
-        else:
-            mt = zero
         s1 = zero
         ssum = zero
         if sep and npow > 0:
             # integer T: exp(s - m) = exp((s - m) / T)^T, as csrc/include/pysd/kd_loss.h
             for j in range(c):
-                x = bz[j] if bz[j] > floor else zero
-                e1 = x ** npow
+                e1 = _int_pow(bz[j] if bz[j] > floor else zero, npow, one)
                 b1[j] = e1
                 s1 += e1
         elif sep:
@@ -166,16 +191,21 @@ def _kd_rows(s, t, target, weight, grad_scale, grad, loss, tf, div, beta, inv_t,
             if bad:
                 gi[:] = np.nan
                 continue
-            for j in range(c):
-                gi[j] = cz * bz[j] + cc
-            if sep:
+            # one write of the row for the common cases (the scratch rows are L1/L2-resident)
+            fkl_grad = has_soft and div == FKL
+            if sep and fkl_grad:
                 for j in range(c):
-                    gi[j] += c1 * b1[j]
-            if has_soft:
-                if div == FKL:
+                    gi[j] = cz * bz[j] + cc + c1 * b1[j] + cp * bu[j]
+            elif fkl_grad:
+                for j in range(c):
+                    gi[j] = cz * bz[j] + cc + cp * bu[j]
+            else:
+                for j in range(c):
+                    gi[j] = cz * bz[j] + cc
+                if sep:
                     for j in range(c):
-                        gi[j] += cp * bu[j]
-                else:
+                        gi[j] += c1 * b1[j]
+                if has_soft:
                     for j in range(c):
                         gi[j] += cq * bz[j] * (bf[j] - qf) if bz[j] > zero else zero
             if has_hard:

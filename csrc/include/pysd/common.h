@@ -96,31 +96,39 @@ PYSD_HD float fexp_le0(float x) { return expf(x); }
 // Inline float exp for the CPU vector loops: a call into libmvec clobbers every
 // vector register, so a loop with two calls spends more time spilling than in
 // exp itself.  exp(x) = 2^k exp(r), k = round(x / ln 2), |r| <= ln 2 / 2, and a
-// degree-7 Taylor polynomial (truncation < 5e-9 relative): within 2 ulp of
-// expf.  Results below 2^-126 flush to 0 (softmax terms that small are
+// degree-6 minimax polynomial for exp(r): relative error under 1 float eps over
+// the whole range (tests/test_fexp.py).  k is rounded by adding 1.5 * 2^23, which leaves
+// it in the low mantissa bits: no float-to-int conversion in the dependency
+// chain.  Results below 2^-126 flush to 0 (softmax terms that small are
 // invisible next to the row's largest term, which is 1); +inf above 88.72,
 // NaN stays NaN.
-PYSD_HD float exp_poly(float xc) {  // xc within [-87.34, 88.72]
-  const float k = floorf(xc * 1.44269504f + 0.5f);
+template <bool TOP = false>
+PYSD_HD float exp_poly(float xc) {  // xc within [-87.34, 88.72]; TOP: xc may exceed 127.5 ln 2
+  const float shift = 12582912.0f;  // 1.5 * 2^23
+  const float t = xc * 1.44269504f + shift;
+  const float k = t - shift;
   float r = xc - k * 0.693145751953125f;  // ln 2 split in two for an exact k * ln2
   r = r - k * 1.428606765330187e-06f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
+  float p = 0.0013843653723597527f;
+  p = p * r + 0.00837415549904108f;
+  p = p * r + 0.04166800156235695f;
+  p = p * r + 0.16666431725025177f;
+  p = p * r + 0.4999999403953552f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  return p * bits_to_float(uint32_t(int32_t(k) + 127) << 23);
+  const uint32_t e = float_to_bits(t) - 0x4B400000u + 127u;  // biased exponent of 2^k
+  if (!TOP) return p * bits_to_float(e << 23);
+  // k = 128 for xc in (88.38, 88.72]: 2^128 is not a float, so scale by 2^127 and then by 2.
+  const bool top = e > 254u;
+  return p * bits_to_float((top ? e - 1u : e) << 23) * (top ? 2.0f : 1.0f);
 }
 PYSD_HD float fexp(float x) {
   const float lo = -87.336544f, hi = 88.72283f;
-  const float e = exp_poly(x < lo ? lo : (x > hi ? hi : x));
+  const float e = exp_poly<true>(x < lo ? lo : (x > hi ? hi : x));
   return x < lo ? 0.0f : (x > hi ? INFINITY : e);
 }
 // exp of a shifted softmax term x = (s - max) / T <= 0 (or NaN): without the
-// overflow branch the vector loop carries half the blends of fexp.
+// overflow branches the vector loop carries half the blends of fexp.
 PYSD_HD float fexp_le0(float x) {
   const float lo = -87.336544f;
   const float e = exp_poly(x < lo ? lo : x);
