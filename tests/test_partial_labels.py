@@ -41,6 +41,15 @@ def test_matches_definition(backend, k, renormalize, ties):
     torch.testing.assert_close(out, _expected(p, k, renormalize), rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("k", [1, 2, 15, 16, 17, 90])
+@pytest.mark.parametrize("ties", [False, True])
+def test_wide_rows_around_the_one_pass_limit(backend, k, ties):
+    """C = 203 spans several 64-wide chunks of the CPU's one-pass selection (k <= 16) and the
+    k-pass path above it; ties put equal values on both sides of the boundary."""
+    p = _probs(23, 203, ties=ties)
+    torch.testing.assert_close(pysd.partial_labels(p, k), _expected(p, k, False), rtol=0, atol=1e-15)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape,k", [((5, 3, 11), 2), ((64, 1000), 2), ((9, 300), 250), ((4, 1), 1), ((0, 5), 2)])
 def test_backends_agree_with_reference(backend, dtype, shape, k):
