@@ -15,15 +15,55 @@ def _before(va, ia, vb, ib):
     return va > vb or (va == vb and ia < ib)
 
 
+LIST_MAX = 16  # k up to this (from the top): one pass with a sorted list, as csrc/cpu/partial_labels.cpp
+CHUNK = 64     # candidates per vector threshold test
+
+
+@numba.njit(cache=CACHE, inline="always")
+def _rank_key(row, c, k, val, idx):
+    """The key of rank k-1 in one pass: the best k so far sorted in ranking order (candidates come in
+    index order, so only ``v > last`` enters); a full list tests each chunk with one vector loop first."""
+    size = 0
+    for c0 in range(0, c, CHUNK):
+        c1 = min(c, c0 + CHUNK)
+        if size == k:
+            thr = val[k - 1]
+            hits = 0
+            for j in range(c0, c1):
+                hits += row[j] > thr
+            if hits == 0:
+                continue
+        for j in range(c0, c1):
+            v = row[j]
+            if size == k and not v > val[k - 1]:
+                continue
+            q = size if size < k else k - 1
+            size = min(size + 1, k)
+            while q > 0 and v > val[q - 1]:
+                val[q] = val[q - 1]
+                idx[q] = idx[q - 1]
+                q -= 1
+            val[q] = v
+            idx[q] = j
+    return val[k - 1], idx[k - 1]
+
+
 @numba.njit(cache=CACHE, parallel=True)
-def _rows(p, out, k, renormalize):
+def _rows(p, out, k, renormalize, lists, list_idx):
     n, c = p.shape
     top = k <= c - k
     passes = k if top else c - k
+    one_pass = top and k <= LIST_MAX
     for i in numba.prange(n):
         lv = p.dtype.type(0)
         li = -1
-        for _ in range(passes):
+        if one_pass:
+            t = numba.get_thread_id()
+            lv, li = _rank_key(p[i], c, k, lists[t], list_idx[t])
+            passes_here = 0
+        else:
+            passes_here = passes
+        for _ in range(passes_here):
             bv = p.dtype.type(0)
             bi = -1
             for j in range(c):
@@ -61,6 +101,7 @@ def backend(probs: torch.Tensor, *, k: int, renormalize: bool) -> torch.Tensor:
     p = probs.to(acc).contiguous()
     out = torch.empty_like(p)
     if p.numel():
-        match_torch_threads()
-        _rows(p.numpy(), out.numpy(), k, renormalize)
+        threads = match_torch_threads()
+        lists = np.empty((threads, min(k, LIST_MAX)), dtype=p.numpy().dtype)
+        _rows(p.numpy(), out.numpy(), k, renormalize, lists, np.empty(lists.shape, dtype=np.int64))
     return out.to(probs.dtype)
