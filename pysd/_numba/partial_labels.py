@@ -53,7 +53,8 @@ def _rows(p, out, k, renormalize, lists, list_idx):
     n, c = p.shape
     top = k <= c - k
     passes = k if top else c - k
-    one_pass = top and k <= LIST_MAX
+    # short rows keep the k passes: a row's list views cost more than k walks over a few entries
+    one_pass = top and k <= LIST_MAX and c > CHUNK
     for i in numba.prange(n):
         lv = p.dtype.type(0)
         li = -1
