@@ -3,6 +3,8 @@ the top-k into a dense teacher, log_softmax, KL, backward) and torch.compile of 
 
 Sizes: N x V, k=64 — quick 512 x 32000; PYSD_BENCH_FULL=1: 4096 x 128256 (DESIGN.md).
 Interleaved rounds; median paired ratio (min-max); peak RSS growth of one call in a fresh process.
+The impls share one student leaf (2 GiB at the full size), so its gradient from the previous impl is
+released before the clock starts: a step times its own loss and gradient, not another impl's free.
 
     python -m pytest bench/bench_sparse_kd_loss.py -s
 """
@@ -66,6 +68,7 @@ def test_sparse_kd_loss(n, v):
     for i in impls[1:]:  # correctness before timing (also compiles)
         torch.testing.assert_close(steps[i](), ref, rtol=1e-4, atol=1e-7)
     del ref
-    times = paired(steps, ROUNDS)
+    x = make_inputs(n, v)[0]
+    times = paired(steps, ROUNDS, reset=lambda: setattr(x, "grad", None))
     peaks = {i: round(peak_rss("bench_sparse_kd_loss", i, n, v) / 2**20, 1) for i in impls}
     record_paired(f"sparse kd_loss fwd+bwd {n}x{v} k={K} fkl fp32", times, ["pysd-cpp"], peak_MiB=peaks)

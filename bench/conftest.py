@@ -33,15 +33,22 @@ def record(group: str, impl: str, benchmark, **extra):
     _RECORDED.add(id(benchmark))
 
 
-def paired(fns: dict, reps: int = 6) -> dict:
+def paired(fns: dict, reps: int = 6, reset=None) -> dict:
     """Runs the callables of ``fns`` (name -> fn) interleaved, ``reps`` rounds in this process, the order
-    alternating per round; returns name -> list of seconds.  Ratios are then taken round by round."""
+    alternating per round; returns name -> list of seconds.  Ratios are then taken round by round.
+
+    ``reset`` (untimed, before every call) releases what the previous call left on shared inputs, e.g.
+    the gradient of a leaf all impls share: freeing another impl's output is not this impl's cost.  What
+    a call returns is released after its clock stops, for the same reason."""
     times = {k: [] for k in fns}
     for i in range(reps):
         for k in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+            if reset is not None:
+                reset()
             t0 = time.perf_counter()
-            fns[k]()
+            out = fns[k]()
             times[k].append(time.perf_counter() - t0)
+            del out
     return times
 
 

@@ -315,6 +315,29 @@ def test_piecewise_equals_fused(tail, div):
     torch.testing.assert_close(g, grad)
 
 
+def test_piecewise_label_smoothing_over_a_piece_of_minus_inf_logits():
+    """label smoothing puts mass on every class, so a class whose logit is -inf makes the loss inf:
+    a piece holding only such classes must say so as the fused kernel does (its sum of logits is -inf)."""
+    n, v = 3, 20
+    t = make_sparse((n, v), 4, "logprobs", "renormalize")
+    ids = t.indices.clone()
+    ids[ids >= 10] = -1  # the teacher puts mass on finite classes only
+    t = pysd.SparseTeacher(ids, t.values, "logprobs", "renormalize")
+    s = torch.randn(n, v, dtype=torch.float64) * 3
+    s[:, 10:] = -math.inf
+    y = torch.randint(0, 10, (n,))
+    for eps in (0.0, 0.1):
+        kw = dict(hard_weight=0.4, label_smoothing=eps, reduction="none")
+        loss, _ = run(s, t, y, **kw)
+        plan = skd.sparse_kd_plan(t, v, y, dtype=torch.float64, **kw)
+        stats, gathered = plan.new_stats()
+        for a, b in [(0, 10), (10, 20)]:
+            skd.sparse_kd_stats(plan, s[:, a:b], a, stats, gathered)
+        rows, _, _ = skd.sparse_kd_finalize(plan, stats, gathered)
+        assert bool(torch.isinf(loss).all()) == (eps > 0)
+        torch.testing.assert_close(rows, loss)
+
+
 @requires_cuda
 @pytest.mark.cuda
 def test_cuda_matches_cpu():

@@ -35,8 +35,14 @@ PYSD_INLINE Stats<A> piece_stats(const Config& c, const In* __restrict s, int64_
 #pragma omp simd reduction(max : ms)
   for (int64_t j = 0; j < n; ++j) ms = std::max(ms, A(to_float(s[j])));
   st.ms = ms;
+  if (c.needs_ssum()) {  // before the early return: a piece of -inf logits makes the sum -inf
+    A ssum = 0;
+#pragma omp simd reduction(+ : ssum)
+    for (int64_t j = 0; j < n; ++j) ssum += A(to_float(s[j]));
+    st.ssum = ssum;
+  }
   if (n == 0 || ms == neg_inf<A>()) return st;
-  A sz = 0, s1 = 0, w = 0, ssum = 0;
+  A sz = 0, s1 = 0, w = 0;
   if (bz) {
 #pragma omp simd reduction(+ : sz)
     for (int64_t j = 0; j < n; ++j) {
@@ -63,11 +69,7 @@ PYSD_INLINE Stats<A> piece_stats(const Config& c, const In* __restrict s, int64_
       w += e > A(0) ? e * zc : A(0);
     }
   }
-  if (c.needs_ssum()) {
-#pragma omp simd reduction(+ : ssum)
-    for (int64_t j = 0; j < n; ++j) ssum += A(to_float(s[j]));
-  }
-  st.sz = sz; st.s1 = s1; st.w = w; st.ssum = ssum;
+  st.sz = sz; st.s1 = s1; st.w = w;
   return st;
 }
 
