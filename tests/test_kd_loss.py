@@ -94,6 +94,24 @@ def test_low_precision_inputs(backend, dtype, divergence):
     assert_close(grad, ref_grad, dtype)
 
 
+@pytest.mark.parametrize("temperature", [2.0, 3.0, 4.0, 5.0])
+@pytest.mark.parametrize("teacher_format", ["logits", "logprobs", "probs"])
+def test_float32_integer_temperature_with_a_hard_term(backend, teacher_format, temperature):
+    """the hard CE's T = 1 softmax is the T-th power of the soft one's exponentials (compile-time for T = 2, 4
+    with a logit teacher on the cpp backend, binary powering otherwise); rows wide enough to run several
+    vector blocks, and one row far below the power's flush threshold."""
+    s = torch.randn(4, 1003, dtype=torch.float64) * 3
+    s[1, :500] -= 200.0
+    t = make_teacher((4, 1003), teacher_format)
+    y = torch.tensor([5, 7, 1002, 0])
+    for div in DIVS:
+        kw = dict(teacher_format=teacher_format, divergence=div, temperature=temperature, hard_weight=0.5)
+        loss, grad = run(s.float(), t.float(), y, **kw)
+        ref_loss, ref_grad = reference(s.float(), t.float(), y, **kw)
+        assert_close(loss, ref_loss, torch.float32)
+        assert_close(grad, ref_grad, torch.float32)
+
+
 @pytest.mark.parametrize("c", [1, 3, 1000, 32001])
 def test_odd_class_counts(backend, c):
     s = torch.randn(3, c) * 4

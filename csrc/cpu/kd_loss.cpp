@@ -45,7 +45,7 @@ PYSD_INLINE void fkl_grad(const Row<A>& r, const A* __restrict bz, const A* __re
   }
 }
 
-template <int TF, int CE, typename In, typename A>
+template <int TF, int CE, int NP, typename In, typename A>
 PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, int64_t next, const Scratch<In, A>& b) {
   const int64_t n = c.cols;
   const In* __restrict s = a.student + i * a.student_stride;
@@ -97,7 +97,7 @@ PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, int64_t n
     for (int64_t j = j0; j < j1; ++j) {
       Totals<A> e;
       A ez, eu, e1;
-      exp_elem<TF, CE>(inv_t, ms, mt, A(to_float(s[j])), TF == kNoTeacher ? A(0) : A(to_float(t[j])), npow,
+      exp_elem<TF, CE, NP>(inv_t, ms, mt, A(to_float(s[j])), TF == kNoTeacher ? A(0) : A(to_float(t[j])), npow,
                        floor, ez, eu, e1, e);
       bz[j] = ez;
       bu[j] = eu;
@@ -166,21 +166,28 @@ PYSD_INLINE void row(const Config& c, const Args<In, A>& a, int64_t i, int64_t n
   }
 }
 
+// The row a thread prefetches while on row i of its block [.., r1); -1 after the last.
+PYSD_INLINE int64_t next_row(int64_t i, int64_t r1) { return i + 1 < r1 ? i + 1 : int64_t(-1); }
+
 template <int TF, typename In, typename A>
 PYSD_INLINE void rows_tf(const Config& c, const Args<In, A>& a, int64_t r0, int64_t r1,
                          const Scratch<In, A>& b) {
-  auto next = [r1](int64_t i) { return i + 1 < r1 ? i + 1 : int64_t(-1); };
   switch (c.ce_mode()) {
-    case kCeExp: for (int64_t i = r0; i < r1; ++i) row<TF, kCeExp>(c, a, i, next(i), b); break;
-    case kCePow: for (int64_t i = r0; i < r1; ++i) row<TF, kCePow>(c, a, i, next(i), b); break;
-    default: for (int64_t i = r0; i < r1; ++i) row<TF, kCeShared>(c, a, i, next(i), b); break;
+    case kCeExp: for (int64_t i = r0; i < r1; ++i) row<TF, kCeExp, 0>(c, a, i, next_row(i, r1), b); break;
+    case kCePow: for (int64_t i = r0; i < r1; ++i) row<TF, kCePow, 0>(c, a, i, next_row(i, r1), b); break;
+    default: for (int64_t i = r0; i < r1; ++i) row<TF, kCeShared, 0>(c, a, i, next_row(i, r1), b); break;
   }
 }
 
 template <typename In, typename A>
-PYSD_INLINE void rows(const Config& c, const Args<In, A>& a, int64_t r0, int64_t r1, A* scratch) {
+PYSD_INLINE Scratch<In, A> scratch_rows(const Config& c, A* scratch) {
   const int64_t n = c.cols;
-  const Scratch<In, A> b{scratch, scratch + n, scratch + 2 * n, scratch + 3 * n};
+  return Scratch<In, A>{scratch, scratch + n, scratch + 2 * n, scratch + 3 * n};
+}
+
+template <typename In, typename A>
+PYSD_INLINE void rows(const Config& c, const Args<In, A>& a, int64_t r0, int64_t r1, A* scratch) {
+  const Scratch<In, A> b = scratch_rows<In>(c, scratch);
   switch (c.teacher_format) {
     case kLogits:
     case kLogProbs: rows_tf<kLogits>(c, a, r0, r1, b); break;
@@ -198,6 +205,20 @@ PYSD_ISA_CLONES void rows_bf16(const Config& c, const Args<bf16_t, float>& a, in
                                float* s) { rows(c, a, r0, r1, s); }
 PYSD_ISA_CLONES void rows_f16(const Config& c, const Args<f16_t, float>& a, int64_t r0, int64_t r1,
                               float* s) { rows(c, a, r0, r1, s); }
+
+// Float rows with a logit teacher and a hard term at T = 2 or 4 (the usual
+// distillation temperatures): the T = 1 softmax is a compile-time power of the
+// soft one, in entries of their own, since next to the generic power's loop
+// the register allocator spills this one's (~12% of the kernel at T = 4).
+template <int NP>
+PYSD_INLINE void rows_pow(const Config& c, const Args<float, float>& a, int64_t r0, int64_t r1, float* s) {
+  const Scratch<float, float> b = scratch_rows<float>(c, s);
+  for (int64_t i = r0; i < r1; ++i) row<kLogits, kCePow, NP>(c, a, i, next_row(i, r1), b);
+}
+PYSD_ISA_CLONES void rows_f32_pow2(const Config& c, const Args<float, float>& a, int64_t r0, int64_t r1,
+                                   float* s) { rows_pow<2>(c, a, r0, r1, s); }
+PYSD_ISA_CLONES void rows_f32_pow4(const Config& c, const Args<float, float>& a, int64_t r0, int64_t r1,
+                                   float* s) { rows_pow<4>(c, a, r0, r1, s); }
 
 template <typename In, typename A, typename Fn>
 void launch(const Config& c, const Args<In, A>& a, Fn fn) {
@@ -223,7 +244,11 @@ void launch(const Config& c, const Args<In, A>& a, Fn fn) {
 
 }  // namespace
 
-void run_cpu(const Config& c, const Args<float, float>& a) { launch(c, a, rows_f32); }
+void run_cpu(const Config& c, const Args<float, float>& a) {
+  const bool logit_teacher = c.teacher_format == kLogits || c.teacher_format == kLogProbs;
+  const int power = logit_teacher && c.ce_mode() == kCePow ? c.ce_power() : 0;
+  launch(c, a, power == 2 ? rows_f32_pow2 : power == 4 ? rows_f32_pow4 : rows_f32);
+}
 void run_cpu(const Config& c, const Args<double, double>& a) { launch(c, a, rows_f64); }
 void run_cpu(const Config& c, const Args<bf16_t, float>& a) { launch(c, a, rows_bf16); }
 void run_cpu(const Config& c, const Args<f16_t, float>& a) { launch(c, a, rows_f16); }

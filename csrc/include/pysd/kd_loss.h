@@ -90,8 +90,10 @@ PYSD_HD A pow_floor(int n) {
 // the hard CE gets its T = 1 softmax (CE, a CeMode), so that the vector loops
 // compute only the exponentials they use.  Returns exp((s-ms)/T) in `ez`; `eu`
 // receives exp((t-mt)/T) (logits) or t (probs), `e1` exp(s-ms).  `n` and
-// `floor` are the power and its flush threshold for kCePow.
-template <int TF, int CE, typename A>
+// `floor` are the power and its flush threshold for kCePow; NP > 0 is n known
+// at compile time (2 or 4, the usual distillation temperatures), which takes
+// the power's blends out of the vector loop.
+template <int TF, int CE, int NP = 0, typename A>
 PYSD_HD void exp_elem(A inv_t, A ms, A mt, A s, A t, int n, A floor, A& ez, A& eu, A& e1, Totals<A>& acc) {
   const A zs = (s - ms) * inv_t;
   ez = fexp_le0(zs);
@@ -112,10 +114,17 @@ PYSD_HD void exp_elem(A inv_t, A ms, A mt, A s, A t, int n, A floor, A& ez, A& e
   if (CE == kCeExp) {
     e1 = fexp_le0(s - ms);
   } else if (CE == kCePow) {
-    // Branch-free binary powering (n <= 16) so the vector loop stays a straight line.
-    const A x1 = ez > floor ? ez : A(0), x2 = x1 * x1, x4 = x2 * x2, x8 = x4 * x4;
-    e1 = (n & 1 ? x1 : A(1)) * (n & 2 ? x2 : A(1)) * (n & 4 ? x4 : A(1)) * (n & 8 ? x8 : A(1)) *
-         (n & 16 ? x8 * x8 : A(1));
+    const A x1 = ez > floor ? ez : A(0), x2 = x1 * x1;
+    if (NP == 2) {
+      e1 = x2;
+    } else if (NP == 4) {
+      e1 = x2 * x2;
+    } else {
+      // Branch-free binary powering (n <= 16) so the vector loop stays a straight line.
+      const A x4 = x2 * x2, x8 = x4 * x4;
+      e1 = (n & 1 ? x1 : A(1)) * (n & 2 ? x2 : A(1)) * (n & 4 ? x4 : A(1)) * (n & 8 ? x8 : A(1)) *
+           (n & 16 ? x8 * x8 : A(1));
+    }
   } else {
     e1 = A(0);
   }
