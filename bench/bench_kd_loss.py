@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import pysd
-from conftest import FULL, paired, peak_rss, record, spread
+from conftest import FULL, paired, peak_rss, record, record_paired, spread
 
 T = 4.0
 HARD = 0.5
@@ -93,15 +93,17 @@ def test_kd_loss_fwd_bwd(benchmark, copy_gbs, impl, n, c):
 
 
 @pytest.mark.parametrize("n,c", SIZES, ids=[f"{n}x{c}" for n, c in SIZES])
-def test_numba_vs_eager_paired(n, c):
-    """The numba fallback and eager interleaved, 6 rounds in this process: ratio round by round."""
+def test_backends_vs_eager_paired(n, c):
+    """Both CPU backends and eager interleaved, 6 rounds in this process: ratios round by round
+    (targets: numba >= 2x eager at every size, cpp >= 10x eager at 1024 x 32000)."""
     s, t, y = make_inputs(n, c)
-    steps = {k: step_fn(k) for k in ("eager", "pysd-numba")}
+    steps = {k: step_fn(k) for k in ("eager", "pysd-cpp", "pysd-numba")}
     xs = {k: s.clone().requires_grad_() for k in steps}
     ref = steps["eager"](xs["eager"], t, y).clone()
-    torch.testing.assert_close(steps["pysd-numba"](xs["pysd-numba"], t, y), ref, rtol=1e-4, atol=1e-7)
+    for k in ("pysd-cpp", "pysd-numba"):
+        torch.testing.assert_close(steps[k](xs[k], t, y), ref, rtol=1e-4, atol=1e-7)
     times = paired({k: functools.partial(fn, xs[k], t, y) for k, fn in steps.items()})
-    ratios = [e / p for e, p in zip(times["eager"], times["pysd-numba"])]
-    print(f"\nkd_loss {n}x{c} fwd+bwd, 6 paired rounds, load {os.getloadavg()[0]:.1f}: eager ms "
-          f"{spread([v * 1e3 for v in times['eager']])}, numba ms {spread([v * 1e3 for v in times['pysd-numba']])}, "
-          f"speed-up of numba over eager {spread(ratios)} (target >= 2)")
+    record_paired(f"kd_loss fwd+bwd {n}x{c} fp32 T=4 hard=0.5, paired", times, ["pysd-cpp", "pysd-numba"])
+    print(f"\nkd_loss {n}x{c} fwd+bwd, 6 paired rounds, load {os.getloadavg()[0]:.1f}: "
+          + ", ".join(f"{k} ms {spread([v * 1e3 for v in ts])}" for k, ts in times.items()) + "; speed-up over eager: "
+          + ", ".join(f"{k} {spread([e / p for e, p in zip(times['eager'], times[k])])}" for k in steps if k != "eager"))
