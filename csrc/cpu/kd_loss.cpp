@@ -245,8 +245,9 @@ void launch(const Config& c, const Args<In, A>& a, Fn fn) {
 }  // namespace
 
 void run_cpu(const Config& c, const Args<float, float>& a) {
+  // ce_power() is nonzero exactly when the hard CE takes the power path (kCePow)
   const bool logit_teacher = c.teacher_format == kLogits || c.teacher_format == kLogProbs;
-  const int power = logit_teacher && c.ce_mode() == kCePow ? c.ce_power() : 0;
+  const int power = logit_teacher ? c.ce_power() : 0;
   launch(c, a, power == 2 ? rows_f32_pow2 : power == 4 ? rows_f32_pow4 : rows_f32);
 }
 void run_cpu(const Config& c, const Args<double, double>& a) { launch(c, a, rows_f64); }
