@@ -113,6 +113,58 @@ def test_tile_shape_does_not_change_result(backend):
     assert torch.equal(a.values, b.values) and torch.equal(a.indices, b.indices)
 
 
+def fused_search(x, k, metric, exclude_self, max_block):
+    """The cpp backend's fused CPU search on prepared features, with its block cap."""
+    from pysd.ops.knn_graph import prepare_features
+
+    xs, sq = prepare_features(x, metric)
+    return pysd._backend.implementation("knn_graph", "cpp")(xs, sq, k, exclude_self, max_block, max_block)
+
+
+# Blocks of 48 rows (the smallest): n = 48 m + r meets 1 to 7 blocks, odd counts (a bye every round)
+# and even ones, a last block of any length and register tiles cut by n at both rows and columns.
+@pytest.mark.parametrize("n", [5, 47, 49, 97, 150, 239, 301])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_fused_search_every_block_layout(n, metric, exclude_self):
+    pytest.importorskip("pysd._C")
+    x = torch.randn(n, 11, dtype=torch.float64)
+    k = min(n - exclude_self, 7)
+    idx, sims = fused_search(x, k, metric, exclude_self, 48)
+    ref_idx, ref_sim = brute_force(x.numpy(), k, metric, exclude_self)
+    np.testing.assert_array_equal(idx.numpy(), ref_idx)
+    np.testing.assert_allclose(sims.numpy(), ref_sim, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [1, 600])
+def test_fused_search_exact_ties_and_wide_rows(d):
+    # integer points: every product is exact, so the lists must equal the tie rule exactly; d = 600
+    # rows are too wide for a 48-row block to sit in L2, which changes speed, never the result
+    pytest.importorskip("pysd._C")
+    x = integer_points(170, d, seed=d, dup=40)
+    for metric in ("ip", "l2"):
+        idx, sims = fused_search(x, 12, metric, True, 48)
+        ref_idx, ref_sim = brute_force(x.numpy(), 12, metric)
+        np.testing.assert_array_equal(idx.numpy(), ref_idx)
+        np.testing.assert_array_equal(sims.numpy(), ref_sim.astype(np.float32))
+
+
+def test_fused_search_independent_of_threads():
+    # the thread count changes the block size and which thread runs which pair
+    pytest.importorskip("pysd._C")
+    x = integer_points(900, 6, seed=9, dup=100)
+    old = torch.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out.append(fused_search(x, 10, "l2", True, 4096))
+    finally:
+        torch.set_num_threads(old)
+    for idx, sims in out[1:]:
+        assert torch.equal(idx, out[0][0]) and torch.equal(sims, out[0][1])
+
+
 def test_backends_agree_on_float32():
     x = torch.randn(900, 32)
     out = {}

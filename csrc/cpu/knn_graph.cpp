@@ -9,6 +9,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <new>
+#include <type_traits>
 #include <vector>
 
 #include "pysd/knn_graph.h"
@@ -121,10 +124,246 @@ void launch(const Tile<A>& t, const Lists<A>& l, Rows row_fn, Cols col_fn) {
   }
 }
 
+// ---------------------------------------------------------------- fused search
+//
+// A register tile holds kMR rows x NR columns of dot products (12 vector
+// accumulators, 15 of AVX2's 16 registers with the two column vectors and the
+// broadcast).  The rows are read straight from X (broadcasts); the columns come
+// from X^T packed once into panels of NR columns, [d][NR], so that each step of
+// the d loop is two vector loads.  A block of rows (its rows of X in L2) meets a
+// block of columns, and each finished tile is compared with its rows' and its
+// columns' thresholds before the next one starts: the (rare) hits go through
+// the scalar insert, the rest never leave the registers.
+//
+// Threads: a pair of blocks (I, J) writes the lists of I and of J, so pairs run
+// in the rounds of a round-robin tournament (the circle method), in which no
+// block meets two others; a round's pairs share nothing and need no locks.
+// Diagonal pairs (I, I) run first, one per thread.  Results do not depend on
+// the schedule, because the insert keeps a total order (knn_graph.h).
+
+constexpr int kMR = 6;
+
+// The 32-byte vector helpers below are always inlined into the ISA clones; GCC
+// still notes that the baseline clone would pass them differently.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+template <typename A>
+struct Simd {
+  typedef A V __attribute__((vector_size(32)));
+  typedef std::conditional_t<sizeof(A) == 4, int32_t, int64_t> I;
+  typedef I M __attribute__((vector_size(32)));
+  static constexpr int W = 32 / int(sizeof(A));
+  static constexpr int NR = 2 * W;  // columns per register tile
+};
+
+template <typename V, typename A>
+PYSD_INLINE V load(const A* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename M>
+PYSD_INLINE bool any(M m) {
+  uint64_t u[sizeof(M) / 8];
+  __builtin_memcpy(u, &m, sizeof(M));
+  uint64_t r = 0;
+  for (uint64_t w : u) r |= w;
+  return r != 0;
+}
+
+template <typename A>
+struct Search {
+  const Features<A>& f;
+  const Lists<A>& l;
+  const A* panels;  // X^T in panels of NR columns, [d][NR] each, zero past n
+  const A* norms;   // l2: squared norms padded with +inf (padding never qualifies), else null
+  const A* zeros;   // (d,) row standing in for rows past n
+};
+
+// Offers the pairs of one register tile (rows i0.., columns j0..) whose
+// similarities `s` (kMR x NR, row-major) passed the vector test to both lists.
+// thr_r / thr_c: thresholds of the tile's rows / columns, updated on insert.
+template <typename A>
+void offer(const Search<A>& s, const A* sim, int64_t i0, int64_t j0, A* thr_r, A* thr_c, bool diag) {
+  constexpr int NR = Simd<A>::NR;
+  const int64_t n = s.f.n, k = s.l.k;
+  for (int r = 0; r < kMR && i0 + r < n; ++r) {
+    const int64_t i = i0 + r;
+    for (int c = 0; c < NR && j0 + c < n; ++c) {
+      const int64_t j = j0 + c;
+      if (diag && j <= i) {  // each pair once, from its upper triangle; self only to its own row
+        if (j == i && !s.f.exclude_self) {
+          if (insert(s.l.sims + i * k, s.l.idx + i * k, k, sim[r * NR + c], int32_t(i))) {
+            thr_r[r] = s.l.sims[i * k + k - 1];
+          }
+        }
+        continue;
+      }
+      const A v = sim[r * NR + c];
+      if (v >= thr_r[r] && insert(s.l.sims + i * k, s.l.idx + i * k, k, v, int32_t(j))) {
+        thr_r[r] = s.l.sims[i * k + k - 1];
+      }
+      if (v >= thr_c[c] && insert(s.l.sims + j * k, s.l.idx + j * k, k, v, int32_t(i))) {
+        thr_c[c] = s.l.sims[j * k + k - 1];
+      }
+    }
+  }
+}
+
+#define PYSD_KNN_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+
+// One register tile: rows i0 .. i0+kMR, the NR columns of panel `bp` from j0.
+template <bool L2, typename A>
+PYSD_INLINE void tile(const Search<A>& s, int64_t i0, int64_t j0, const A* __restrict bp, A* thr_r,
+                      A* thr_c, bool diag) {
+  using V = typename Simd<A>::V;
+  using M = typename Simd<A>::M;
+  constexpr int W = Simd<A>::W, NR = Simd<A>::NR;
+  const int64_t n = s.f.n, d = s.f.d;
+#define PYSD_KNN_INIT(r)                                                        \
+  const A* __restrict a##r = i0 + r < n ? s.f.x + (i0 + r) * s.f.ld : s.zeros; \
+  V c##r##0 = {}, c##r##1 = {};
+  PYSD_KNN_ROWS(PYSD_KNN_INIT)
+#undef PYSD_KNN_INIT
+  for (int64_t q = 0; q < d; ++q) {
+    const V b0 = load<V>(bp + q * NR), b1 = load<V>(bp + q * NR + W);
+#define PYSD_KNN_FMA(r) \
+  c##r##0 += a##r[q] * b0; \
+  c##r##1 += a##r[q] * b1;
+    PYSD_KNN_ROWS(PYSD_KNN_FMA)
+#undef PYSD_KNN_FMA
+  }
+  const V t0 = load<V>(thr_c), t1 = load<V>(thr_c + W);
+  M hit = {};
+  V n0 = {}, n1 = {};
+  if (L2) n0 = load<V>(s.norms + j0), n1 = load<V>(s.norms + j0 + W);
+#define PYSD_KNN_TEST(r)                                                                  \
+  if (L2) {                                                                               \
+    const A ni = i0 + r < n ? s.f.sqnorm[i0 + r] : A(INFINITY);                           \
+    c##r##0 = A(2) * c##r##0 - (ni + n0);                                                 \
+    c##r##1 = A(2) * c##r##1 - (ni + n1);                                                 \
+  }                                                                                       \
+  hit |= (c##r##0 >= thr_r[r]) | (c##r##1 >= thr_r[r]) | (c##r##0 >= t0) | (c##r##1 >= t1);
+  PYSD_KNN_ROWS(PYSD_KNN_TEST)
+#undef PYSD_KNN_TEST
+  if (!any(hit)) return;
+  alignas(32) A sim[kMR * NR];
+#define PYSD_KNN_STORE(r)                                 \
+  __builtin_memcpy(sim + r * NR, &c##r##0, sizeof(V));    \
+  __builtin_memcpy(sim + r * NR + W, &c##r##1, sizeof(V));
+  PYSD_KNN_ROWS(PYSD_KNN_STORE)
+#undef PYSD_KNN_STORE
+  offer(s, sim, i0, j0, thr_r, thr_c, diag);
+}
+#undef PYSD_KNN_ROWS
+
+// Caches the thresholds of rows r0 .. r0 + len (+inf past n) in thr.
+template <typename A>
+void thresholds(const Search<A>& s, int64_t r0, int64_t len, A* thr) {
+  const int64_t k = s.l.k;
+  for (int64_t r = 0; r < len; ++r) thr[r] = r0 + r < s.f.n ? s.l.sims[(r0 + r) * k + k - 1] : A(INFINITY);
+}
+
+// Block rows I0 .. I0 + B meet block columns J0 .. J0 + B (I0 == J0: a diagonal pair).
+template <bool L2, typename A>
+PYSD_INLINE void pair(const Search<A>& s, int64_t I0, int64_t J0, int64_t B, A* thr_r, A* thr_c) {
+  constexpr int NR = Simd<A>::NR;
+  const bool diag = I0 == J0;
+  const int64_t n = s.f.n, I1 = std::min(n, I0 + B), J1 = std::min(n, J0 + B);
+  thresholds(s, I0, B, thr_r);
+  if (diag) thr_c = thr_r; else thresholds(s, J0, B, thr_c);
+  for (int64_t j0 = J0; j0 < J1; j0 += NR) {
+    const A* bp = s.panels + (j0 / NR) * s.f.d * NR;
+    for (int64_t i0 = I0; i0 < I1; i0 += kMR) {
+      if (diag && j0 + NR - 1 < i0) continue;  // wholly below the diagonal
+      tile<L2>(s, i0, j0, bp, thr_r + (i0 - I0), thr_c + (j0 - J0), diag);
+    }
+  }
+}
+
+template <typename A>
+PYSD_INLINE void run_pair(const Search<A>& s, int64_t I0, int64_t J0, int64_t B, A* thr_r, A* thr_c) {
+  if (s.norms) pair<true>(s, I0, J0, B, thr_r, thr_c); else pair<false>(s, I0, J0, B, thr_r, thr_c);
+}
+PYSD_ISA_CLONES void pair_f32(const Search<float>& s, int64_t I0, int64_t J0, int64_t B, float* tr, float* tc) {
+  run_pair(s, I0, J0, B, tr, tc);
+}
+PYSD_ISA_CLONES void pair_f64(const Search<double>& s, int64_t I0, int64_t J0, int64_t B, double* tr,
+                              double* tc) {
+  run_pair(s, I0, J0, B, tr, tc);
+}
+void pair_any(const Search<float>& s, int64_t I0, int64_t J0, int64_t B, float* tr, float* tc) {
+  pair_f32(s, I0, J0, B, tr, tc);
+}
+void pair_any(const Search<double>& s, int64_t I0, int64_t J0, int64_t B, double* tr, double* tc) {
+  pair_f64(s, I0, J0, B, tr, tc);
+}
+
+// Rows per block: the cap, the rows of X that fit in L2 next to the panels, and
+// enough blocks (4 per thread) that every round keeps every thread busy.
+template <typename A>
+int64_t block_rows(const Features<A>& f, int threads) {
+  constexpr int64_t q = kBlockQuantum, kL2 = 192 << 10;
+  auto up = [](int64_t v) { return (std::max<int64_t>(v, 1) + q - 1) / q * q; };
+  const int64_t cache = std::max<int64_t>(q, kL2 / (f.d * int64_t(sizeof(A))) / q * q);
+  const int64_t spread = up((f.n + 4 * threads - 1) / (4 * threads));
+  return std::min({up(f.max_block), cache, spread});
+}
+
+template <typename A>
+struct Aligned {  // 64-byte aligned array, zero-initialised
+  explicit Aligned(int64_t count)
+      : p(static_cast<A*>(::operator new[](sizeof(A) * std::max<int64_t>(count, 1), std::align_val_t(64)))) {
+    std::fill(p, p + std::max<int64_t>(count, 1), A(0));
+  }
+  ~Aligned() { ::operator delete[](p, std::align_val_t(64)); }
+  Aligned(const Aligned&) = delete;
+  Aligned& operator=(const Aligned&) = delete;
+  A* p;
+};
+
+template <typename A>
+void search(const Features<A>& f, const Lists<A>& l) {
+  constexpr int NR = Simd<A>::NR;
+  const int64_t n = f.n, d = f.d;
+  if (n == 0) return;
+  const int threads = omp_get_max_threads();
+  const int64_t B = block_rows(f, threads), blocks = (n + B - 1) / B;
+  const int64_t padded = (n + NR - 1) / NR * NR;
+  Aligned<A> panels(padded * d), zeros(d), norms(f.sqnorm ? padded : 0);
+  const Search<A> s{f, l, panels.p, f.sqnorm ? norms.p : nullptr, zeros.p};
+  // the circle method: `players` (blocks, plus a bye when odd) meet in players - 1 rounds
+  const int64_t players = blocks + (blocks & 1), per_round = players / 2;
+#pragma omp parallel if (n * n * d >= (int64_t(1) << 22))
+  {
+    Aligned<A> thr(2 * B);
+#pragma omp for schedule(static)
+    for (int64_t j = 0; j < padded; ++j) {
+      A* p = panels.p + (j / NR) * d * NR + j % NR;
+      const A* x = f.x + j * f.ld;
+      for (int64_t q = 0; q < d; ++q) p[q * NR] = j < n ? x[q] : A(0);
+      if (f.sqnorm) norms.p[j] = j < n ? f.sqnorm[j] : A(INFINITY);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < blocks; ++b) pair_any(s, b * B, b * B, B, thr.p, thr.p + B);
+    for (int64_t round = 0; round + 1 < players; ++round) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t m = 0; m < per_round; ++m) {
+        const int64_t a = m == 0 ? players - 1 : (round + m) % (players - 1);
+        const int64_t b = m == 0 ? round : (round - m + players - 1) % (players - 1);
+        if (a < blocks && b < blocks) pair_any(s, std::min(a, b) * B, std::max(a, b) * B, B, thr.p, thr.p + B);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void merge_cpu(const Tile<float>& t, const Lists<float>& l) { launch(t, l, rows_f32, cols_f32); }
 void merge_cpu(const Tile<double>& t, const Lists<double>& l) { launch(t, l, rows_f64, cols_f64); }
+void search_cpu(const Features<float>& f, const Lists<float>& l) { search(f, l); }
+void search_cpu(const Features<double>& f, const Lists<double>& l) { search(f, l); }
 
 }  // namespace knn_graph
 }  // namespace pysd

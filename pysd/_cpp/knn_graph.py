@@ -7,7 +7,7 @@ from typing import Optional
 from torch import Tensor
 
 from .._codes import DTYPE_NAMES, stream
-from .._ref.knn_graph import tiled_topk
+from .._ref.knn_graph import empty_lists, tiled_topk
 
 
 def merge(ext, tile: Tensor, i0: int, i1: int, j0: int, j1: int, col_from: int, sqnorm: Optional[Tensor],
@@ -21,9 +21,19 @@ def merge(ext, tile: Tensor, i0: int, i1: int, j0: int, j1: int, col_from: int, 
 
 
 def backend(ext, x, sqnorm, k, exclude_self, tile_rows, tile_cols):
-    """``(indices int32 (N, k), similarities (N, k))``, same contract as ``pysd._ref.knn_graph.backend``."""
-    def run(*args):
-        merge(ext, *args)
+    """``(indices int32 (N, k), similarities (N, k))``, same contract as ``pysd._ref.knn_graph.backend``.
 
-    # The GPU kernel has no transposed pass (see csrc/cuda/knn_graph.cu).
-    return tiled_topk(x, sqnorm, k, exclude_self, tile_rows, tile_cols, run, symmetric=not x.is_cuda)
+    CPU: the fused search of ``csrc/cpu/knn_graph.cpp`` (no tile of X X^T is stored; ``tile_rows`` caps
+    its block of rows).  GPU: cuBLAS tiles through ``torch.mm``, merged row by row (the CUDA kernel has
+    no transposed pass, see csrc/cuda/knn_graph.cu).
+    """
+    if x.is_cuda:
+        def run(*args):
+            merge(ext, *args)
+
+        return tiled_topk(x, sqnorm, k, exclude_self, tile_rows, tile_cols, run, symmetric=False)
+    sims, idx = empty_lists(x, k)
+    ext.knn_search(dtype=DTYPE_NAMES[x.dtype], x=x.data_ptr(), n=x.shape[0], d=x.shape[1], ld=x.stride(0),
+                   sqnorm=0 if sqnorm is None else sqnorm.data_ptr(), exclude_self=exclude_self,
+                   max_block=tile_rows, sims=sims.data_ptr(), idx=idx.data_ptr(), k=k)
+    return idx, sims

@@ -46,6 +46,14 @@ def select_topk(sims: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     return cols.gather(1, order), vals.gather(1, order)
 
 
+def empty_lists(x: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+    """``(sims (N, k), idx int32 (N, k))`` for the merges to fill: every slot ``(-inf, NO_INDEX)``, worse
+    than any finite candidate."""
+    n = x.shape[0]
+    return (torch.full((n, k), -torch.inf, dtype=x.dtype, device=x.device),
+            torch.full((n, k), NO_INDEX, dtype=torch.int32, device=x.device))
+
+
 def tiled_topk(x: Tensor, sqnorm: Optional[Tensor], k: int, exclude_self: bool, tile_rows: int, tile_cols: int,
                merge, symmetric: bool) -> Tuple[Tensor, Tensor]:
     """Exact top-k of the self-join ``x x^T`` from GEMM tiles, merged by ``merge``.
@@ -55,8 +63,7 @@ def tiled_topk(x: Tensor, sqnorm: Optional[Tensor], k: int, exclude_self: bool, 
     computed and fed to its rows only.  Memory: the ``(N, k)`` lists and one tile.
     """
     n = x.shape[0]
-    sims = torch.full((n, k), -torch.inf, dtype=x.dtype, device=x.device)
-    idx = torch.full((n, k), NO_INDEX, dtype=torch.int32, device=x.device)
+    sims, idx = empty_lists(x, k)
     tile_rows, tile_cols = min(tile_rows, n), min(tile_cols, n)
     buf = torch.empty(tile_rows * tile_cols, dtype=x.dtype, device=x.device)
     for i0 in range(0, n, tile_rows):

@@ -1,7 +1,7 @@
-"""``pysd.knn_graph``: exact kNN graph of a feature matrix (blocked GEMM + streaming top-k), then
+"""``pysd.knn_graph``: exact kNN graph of a feature matrix (fused blocked dot products + streaming top-k), then
 the AML-KD / LP-DeepSSL affinity recipe as a CSR :class:`pysd.Graph`.
 
-Kernels: ``pysd/_cpp/knn_graph.py`` (tile merge of both extension modules), ``pysd/_numba/knn_graph.py``,
+Kernels: ``pysd/_cpp/knn_graph.py`` (fused CPU search; tile merge of the CUDA module), ``pysd/_numba/knn_graph.py``,
 ``pysd/_ref/knn_graph.py`` (torch search, the tile driver and the CSR recipe).  The public helpers
 :func:`check_options`, :func:`check_features`, :func:`tile_shape` and :func:`prepare_features` are the
 validation hooks :mod:`pysd.distributed.knn_graph` reuses.
@@ -140,7 +140,7 @@ def tile_shape(tile, device_type: str) -> Tuple[int, int]:
 def prepare_features(x: Tensor, metric: str, rows: str = "rows") -> Tuple[Tensor, Optional[Tensor]]:
     """Checked float32/float64 features for the search and, for l2, their squared norms.
 
-    ``x: (N, d)`` → ``(x', sqnorm)``: cosine rows are L2-normalised (a copy), others made contiguous; raises
+    ``x: (N, d)`` → ``(x', sqnorm)``, ``x'`` row-major contiguous: cosine rows are L2-normalised (a copy); raises
     ``ValueError`` naming the NaN/inf or zero-norm (cosine) rows, called ``rows`` in the message.
     """
     x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
@@ -165,7 +165,7 @@ def prepare_features(x: Tensor, metric: str, rows: str = "rows") -> Tuple[Tensor
         if not math.isfinite(top):  # a sum of squares overflowed: normalise the rows scaled to max |x| = 1
             x = x / x.abs().amax(1, keepdim=True)
             norms = torch.linalg.vector_norm(x, dim=1)
-        return x / norms.unsqueeze(1), None
+        return (x / norms.unsqueeze(1)).contiguous(), None  # elementwise ops keep a transposed layout
     x = x.contiguous()
     return x, ((x * x).sum(1) if metric == "l2" else None)
 
@@ -185,14 +185,22 @@ def knn_graph(
 ) -> Graph:
     r"""k-nearest-neighbour graph of ``features`` with the AML-KD / LP-DeepSSL affinity recipe.
 
-    Search (``method="exact"``, the default and the reference): tiles of the similarity
-    matrix ``X X^T`` come from a BLAS GEMM (``torch.mm``) and a streaming top-k kernel
-    (cpp / numba / cuda, picked by :mod:`pysd._backend`) merges each tile into per-row lists,
-    so no ``(N, N)`` matrix ever exists.  On the CPU only the tiles on or right of the
-    diagonal are computed and each similarity feeds both of its rows (half the GEMM FLOPs);
-    the GPU computes all tiles (its selection, not its GEMM, is the cost).  Ties are broken
-    deterministically: higher similarity first, then the lower index.  Lists are exact up to
-    the rounding of the GEMM (a pair is computed once, so ``sim(i, j) == sim(j, i)``).
+    Search (``method="exact"``, the default and the reference), never an ``(N, N)`` matrix:
+
+    * CPU, compiled backend: one fused kernel.  A register-tiled dot-product kernel walks
+      pairs of row blocks and tests each 6 x 16 tile of similarities against its rows' and
+      columns' current k-th best while the tile is still in registers; only candidates that
+      qualify reach the lists, and no tile of ``X X^T`` is ever stored.  Each pair
+      ``i < j`` is computed once and offered to both rows (half the FLOPs of ``X X^T``).
+    * GPU and the numba / torch backends: tiles of ``X X^T`` from a BLAS GEMM
+      (``torch.mm``), merged into per-row lists by a streaming top-k kernel; numba computes
+      only the tiles on or right of the diagonal, the GPU all of them (its selection, not
+      its GEMM, is the cost).
+
+    Ties are broken deterministically: higher similarity first, then the lower index.  Lists
+    are exact up to the rounding of the dot products (a pair is computed once, so
+    ``sim(i, j) == sim(j, i)``; the fused kernel sums each dot product in index order with
+    fused multiply-adds).
 
     Similarity per ``metric``:
 
@@ -225,7 +233,10 @@ def knn_graph(
         nprobe: IVF lists probed by ``method="faiss"`` (default ``max(16, nlist / 8)``, with
             ``nlist = min(4 sqrt(N), N / 39)`` lists).
         tile: ``(rows, cols)`` of one similarity tile (an int for both); default
-            ``(1024, 8192)`` on the CPU and ``(4096, 16384)`` on a GPU.
+            ``(1024, 8192)`` on the CPU and ``(4096, 16384)`` on a GPU.  The fused CPU kernel
+            stores no tile: ``rows`` (rounded up to a multiple of 48) caps its block of rows,
+            which it also keeps within L2 (192 KiB of features) and small enough for 4 blocks
+            per thread.  The tile never changes the result.
 
     Returns:
         :class:`pysd.Graph` on the input's device: CSR ``indptr (N+1,)`` int64, ``indices
@@ -234,9 +245,10 @@ def knn_graph(
         (``graph.to_scipy(mode="distance")`` turns the lists into a kNN distance graph).
 
     Memory: with cosine a normalised copy of the features ``(N, d)``; with l2 the squared
-    norms ``(N,)``; the lists ``(N, k)`` int32 + float; one tile ``(rows, cols)`` float (32 MB
-    at the CPU default in float32); the CSR build holds a few ``(2 N k,)`` int64 / float
-    arrays.  Never ``(N, N)``.  The torch backend (used on GPUs without ``pysd._C_cuda``)
+    norms ``(N,)``; the lists ``(N, k)`` int32 + float; the fused CPU kernel one packed copy of
+    the features ``(N, d)`` (rounded up to 16 rows) and two thresholds per block row per
+    thread, the tiled paths one tile ``(rows, cols)`` float (32 MB at the CPU default in
+    float32); the CSR build holds a few ``(2 N k,)`` int64 / float arrays.  Never ``(N, N)``.  The torch backend (used on GPUs without ``pysd._C_cuda``)
     holds row blocks of all N columns with the tile's element count, plus masks of that size.
 
     Not differentiable: the result is a constant graph (the features are detached).

@@ -67,10 +67,27 @@ struct Lists {
   int64_t k = 0;
 };
 
+// A whole self-join on the CPU (csrc/cpu/knn_graph.cpp, search_cpu): a
+// register-tiled kernel computes X X^T in blocks of rows and tests each small
+// tile of dot products against both of its rows' thresholds while it is still
+// in registers, so no tile of G is ever stored.  Every pair i < j is computed
+// once and offered to both lists.
+template <typename A>
+struct Features {
+  const A* x = nullptr;       // (n, d), row stride ld
+  int64_t n = 0, d = 0, ld = 0;
+  const A* sqnorm = nullptr;  // (n,) squared norms for l2, else null
+  bool exclude_self = true;
+  int64_t max_block = 0;      // caps the rows per block (rounded up to kBlockQuantum)
+};
+constexpr int64_t kBlockQuantum = 48;  // a multiple of every register tile's rows and columns
+
 // Launchers: merge one tile of X X^T into the running top-k lists.  CPU: row and column
 // passes (OpenMP inside).  CUDA: row pass only, t.col_from must equal t.j1 (see knn_graph.cu).
 void merge_cpu(const Tile<float>& t, const Lists<float>& l);
 void merge_cpu(const Tile<double>& t, const Lists<double>& l);
+void search_cpu(const Features<float>& f, const Lists<float>& l);
+void search_cpu(const Features<double>& f, const Lists<double>& l);
 void merge_cuda(const Tile<float>& t, const Lists<float>& l, uintptr_t stream);
 void merge_cuda(const Tile<double>& t, const Lists<double>& l, uintptr_t stream);
 
