@@ -164,7 +164,7 @@ PYSD_INLINE V load(const A* p) {
 }
 
 template <typename M>
-PYSD_INLINE bool any(M m) {
+PYSD_INLINE bool any(const M& m) {
   uint64_t u[sizeof(M) / 8];
   __builtin_memcpy(u, &m, sizeof(M));
   uint64_t r = 0;
@@ -335,7 +335,7 @@ void search(const Features<A>& f, const Lists<A>& l) {
   const Search<A> s{f, l, panels.p, f.sqnorm ? norms.p : nullptr, zeros.p};
   // the circle method: `players` (blocks, plus a bye when odd) meet in players - 1 rounds
   const int64_t players = blocks + (blocks & 1), per_round = players / 2;
-#pragma omp parallel if (n * n * d >= (int64_t(1) << 22))
+#pragma omp parallel if (double(n) * double(n) * double(d) >= 4e6)  // n * n * d overflows int64 at large n
   {
     Aligned<A> thr(2 * B);
 #pragma omp for schedule(static)
