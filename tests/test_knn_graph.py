@@ -165,6 +165,22 @@ def test_fused_search_independent_of_threads():
         assert torch.equal(idx, out[0][0]) and torch.equal(sims, out[0][1])
 
 
+def test_compiled_merge_refuses_a_transposed_pass():
+    # the compiled tile merge (the sharded graph's) feeds rows only; the symmetric self-join is the fused search
+    pytest.importorskip("pysd._C")
+    from pysd._cpp.knn_graph import merge
+
+    from pysd._ref.knn_graph import empty_lists
+
+    x = torch.randn(8, 3)
+    sims, idx = empty_lists(x, 2)
+    with pytest.raises(ValueError, match="col_from must be j1 = 8"):
+        merge(pysd._backend._load("_C"), x @ x.t(), 0, 8, 0, 8, 0, None, True, sims, idx)
+    merge(pysd._backend._load("_C"), x @ x.t(), 0, 8, 0, 8, 8, None, True, sims, idx)
+    ref_idx, _ = brute_force(x.numpy(), 2)
+    np.testing.assert_array_equal(idx.numpy(), ref_idx)
+
+
 def test_backends_agree_on_float32():
     x = torch.randn(900, 32)
     out = {}

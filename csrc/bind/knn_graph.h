@@ -17,13 +17,13 @@ void def(pybind11::module_& m, Launch launch) {
   m.def(
       "knn_graph",
       [launch](const std::string& dtype, uintptr_t dots, int64_t ld, int64_t i0, int64_t i1, int64_t j0,
-               int64_t j1, int64_t col_from, uintptr_t sqnorm, bool exclude_self, uintptr_t sims, uintptr_t idx,
+               int64_t j1, uintptr_t sqnorm, bool exclude_self, uintptr_t sims, uintptr_t idx,
                int64_t k, uintptr_t stream) {
         bind::dispatch<false>(dtype, "knn_graph", [&](auto tag) {
           using A = decltype(tag);
           Tile<A> t;
           t.dots = ptr<const A>(dots); t.ld = ld;
-          t.i0 = i0; t.i1 = i1; t.j0 = j0; t.j1 = j1; t.col_from = col_from;
+          t.i0 = i0; t.i1 = i1; t.j0 = j0; t.j1 = j1;
           t.sqnorm = ptr<const A>(sqnorm); t.exclude_self = exclude_self;
           Lists<A> l;
           l.sims = ptr<A>(sims); l.idx = ptr<int32_t>(idx); l.k = k;
@@ -32,7 +32,7 @@ void def(pybind11::module_& m, Launch launch) {
         });
       },
       py::kw_only(), py::arg("dtype"), py::arg("dots"), py::arg("ld"), py::arg("i0"), py::arg("i1"),
-      py::arg("j0"), py::arg("j1"), py::arg("col_from"), py::arg("sqnorm"), py::arg("exclude_self"),
+      py::arg("j0"), py::arg("j1"), py::arg("sqnorm"), py::arg("exclude_self"),
       py::arg("sims"), py::arg("idx"), py::arg("k"), py::arg("stream") = 0);
 }
 

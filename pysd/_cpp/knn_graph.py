@@ -12,10 +12,16 @@ from .._ref.knn_graph import empty_lists, tiled_topk
 
 def merge(ext, tile: Tensor, i0: int, i1: int, j0: int, j1: int, col_from: int, sqnorm: Optional[Tensor],
           exclude_self: bool, sims: Tensor, idx: Tensor) -> None:
-    """Merges ``tile`` (rows ``i0..i1`` x columns ``j0..j1`` of X X^T) into the ``(N, k)`` lists; the
-    transposed pass runs for columns ``>= col_from`` (``col_from = j1``: none; the GPU has none)."""
+    """Merges ``tile`` (rows ``i0..i1`` x columns ``j0..j1`` of X X^T) into the lists of its rows.
+
+    ``col_from`` is the merge interface's start of the transposed pass (see ``pysd._numba.knn_graph``);
+    the compiled merges have none (the CPU's symmetric self-join is the fused search), so it must be ``j1``.
+    """
+    if col_from < j1:
+        raise ValueError(f"knn_graph merge: the compiled merge feeds a tile to its rows only; col_from must be "
+                         f"j1 = {j1}, got {col_from}")
     ext.knn_graph(dtype=DTYPE_NAMES[tile.dtype], dots=tile.data_ptr(), ld=tile.stride(0), i0=i0, i1=i1, j0=j0,
-                  j1=j1, col_from=col_from, sqnorm=0 if sqnorm is None else sqnorm.data_ptr(),
+                  j1=j1, sqnorm=0 if sqnorm is None else sqnorm.data_ptr(),
                   exclude_self=exclude_self, sims=sims.data_ptr(), idx=idx.data_ptr(), k=sims.shape[1],
                   stream=stream(tile))
 

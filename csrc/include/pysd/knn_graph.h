@@ -1,7 +1,9 @@
 // Streaming exact top-k of a self-join, shared by the CPU and CUDA launchers.
 //
-// The caller computes tiles of G = X X^T with a BLAS GEMM; a launcher merges
-// each tile into per-row lists of the k best candidates.  A list is kept
+// Either the caller computes tiles of G = X X^T with a BLAS GEMM and a launcher
+// merges each tile into per-row lists of the k best candidates (CUDA, and the
+// sharded CPU graph), or the CPU computes and filters the dot products itself
+// (search_cpu).  A list is kept
 // sorted best first, so its last entry is the admission threshold that the
 // vector loops test against before the (rare) scalar insert.
 //
@@ -51,9 +53,6 @@ struct Tile {
   int64_t ld = 0;
   int64_t i0 = 0, i1 = 0;    // global rows
   int64_t j0 = 0, j1 = 0;    // global columns
-  // Columns j >= col_from also receive the transposed tile (candidate i for
-  // row j): the symmetric half of the self-join.  col_from = j1 turns it off.
-  int64_t col_from = 0;
   const A* sqnorm = nullptr; // (N,) squared norms for l2, else null
   bool exclude_self = true;
 };
@@ -82,8 +81,8 @@ struct Features {
 };
 constexpr int64_t kBlockQuantum = 48;  // a multiple of every register tile's rows and columns
 
-// Launchers: merge one tile of X X^T into the running top-k lists.  CPU: row and column
-// passes (OpenMP inside).  CUDA: row pass only, t.col_from must equal t.j1 (see knn_graph.cu).
+// Launchers.  merge_*: feed one tile of X X^T to its rows' top-k lists (OpenMP
+// inside on the CPU).  search_cpu: the whole self-join of f.x into the lists.
 void merge_cpu(const Tile<float>& t, const Lists<float>& l);
 void merge_cpu(const Tile<double>& t, const Lists<double>& l);
 void search_cpu(const Features<float>& f, const Lists<float>& l);
