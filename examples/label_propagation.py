@@ -16,7 +16,7 @@ features = (digits.data / 16.0).astype(np.float32)        # (1797, 64)
 clean = digits.target
 noisy_labels = theory.symmetric_noise(clean, 10, 0.3, seed=0)
 
-g = pysd.knn_graph(features, k=10, metric="cosine", power=3.0,   # exact, blocked GEMM + streaming top-k
+g = pysd.knn_graph(features, k=10, metric="cosine", power=3.0,   # exact, fused dot products + streaming top-k
                    symmetrize="sum", normalize="sym")             # W + W^T, D^-1/2 W D^-1/2  -> pysd.Graph (CSR)
 r = pysd.propagate(g, noisy_labels, alpha=0.99, solver="cg", max_iter=20, tol=1e-6)
 r.labels, r.confidence, r.entropy_weight, r.class_weight   # (N,), (N,), (N,), (C,)

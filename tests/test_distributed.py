@@ -97,7 +97,8 @@ def _labels(n=240, seed=1):
 def _graph_worker(rank, world, cases):
     x = _features()
     for sizes, options in cases:
-        # the compiled merge kernel (cpp) and the torch merge the numba / torch backends fall back to
+        # the fused search (cpp: a self-join of the local block, then cross searches) and the torch merge
+        # the numba / torch backends fall back to
         os.environ["PYSD_BACKEND"] = options.pop("backend", "cpp")
         whole = pysd.knn_graph(x, 8, **options)
         lo, hi = _split(x.shape[0], world, sizes)[rank]

@@ -165,20 +165,60 @@ def test_fused_search_independent_of_threads():
         assert torch.equal(idx, out[0][0]) and torch.equal(sims, out[0][1])
 
 
-def test_compiled_merge_refuses_a_transposed_pass():
-    # the compiled tile merge (the sharded graph's) feeds rows only; the symmetric self-join is the fused search
-    pytest.importorskip("pysd._C")
-    from pysd._cpp.knn_graph import merge
+def cross_reference(x, rows, cols, k, metric, exclude_self):
+    """Lists of the global rows ``rows`` against the global columns ``cols`` only, float64, by (-sim, id)."""
+    x = np.asarray(x, dtype=np.float64)
+    s = x[rows] @ x[cols].T
+    if metric == "l2":
+        sq = (x * x).sum(1)
+        s = 2 * s - (sq[rows][:, None] + sq[cols][None, :])
+    key = -s
+    if exclude_self:
+        key[np.asarray(rows)[:, None] == np.asarray(cols)[None, :]] = np.inf
+    ids = np.broadcast_to(np.asarray(cols), key.shape)
+    order = np.lexsort((ids, key), axis=-1)[:, :k]
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(s, order, 1)
 
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_fused_search_by_global_ids(metric, exclude_self):
+    # as the ring of pysd.distributed: the rows 40..139 of 260 points, their own self-join with ids from 40,
+    # then the other two column shards (0..39, 140..259) merged into the same lists
+    pytest.importorskip("pysd._C")
+    from pysd._cpp.knn_graph import search
+    from pysd._ref.knn_graph import empty_lists
+    from pysd.ops.knn_graph import prepare_features
+
+    x = integer_points(260, 5, seed=11).double() + 0.001 * torch.randn(260, 5, dtype=torch.float64)
+    xs, sq = prepare_features(x, metric)
+    ext = pysd._backend._load("_C")
+    rows, row_sq = xs[40:140], None if sq is None else sq[40:140]
+    sims, idx = empty_lists(rows, 6)
+    search(ext, rows, row_sq, 40, exclude_self, 48, sims, idx)
+    for c0, c1 in [(0, 40), (140, 260)]:
+        search(ext, rows, row_sq, 40, exclude_self, 48, sims, idx, xs[c0:c1], None if sq is None else sq[c0:c1], c0)
+    ref_idx, ref_sim = brute_force(x.numpy(), 6, metric, exclude_self)
+    np.testing.assert_array_equal(idx.numpy(), ref_idx[40:140])
+    np.testing.assert_allclose(sims.numpy(), ref_sim[40:140], rtol=1e-12, atol=1e-12)
+
+    # a column shard that overlaps the rows: self is an equal global id
+    sims, idx = empty_lists(rows, 6)
+    search(ext, rows, row_sq, 40, exclude_self, 48, sims, idx, xs[100:260], None if sq is None else sq[100:260], 100)
+    ref_idx, ref_sim = cross_reference(x.numpy(), range(40, 140), range(100, 260), 6, metric, exclude_self)
+    np.testing.assert_array_equal(idx.numpy(), ref_idx)
+    np.testing.assert_allclose(sims.numpy(), ref_sim, rtol=1e-12, atol=1e-12)
+
+
+def test_cuda_merge_refuses_a_transposed_pass():
+    # the CUDA tile merge feeds rows only (the argument is checked before the extension is touched)
+    from pysd._cpp.knn_graph import merge
     from pysd._ref.knn_graph import empty_lists
 
     x = torch.randn(8, 3)
     sims, idx = empty_lists(x, 2)
     with pytest.raises(ValueError, match="col_from must be j1 = 8"):
-        merge(pysd._backend._load("_C"), x @ x.t(), 0, 8, 0, 8, 0, None, True, sims, idx)
-    merge(pysd._backend._load("_C"), x @ x.t(), 0, 8, 0, 8, 8, None, True, sims, idx)
-    ref_idx, _ = brute_force(x.numpy(), 2)
-    np.testing.assert_array_equal(idx.numpy(), ref_idx)
+        merge(None, x @ x.t(), 0, 8, 0, 8, 0, None, True, sims, idx)
 
 
 def test_backends_agree_on_float32():

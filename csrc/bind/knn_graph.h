@@ -1,6 +1,6 @@
-// pybind11 glue of knn_graph: `knn_graph(...)` merges one tile of X X^T into the
-// running top-k lists (keyword-only arguments); module.cpp calls def_cpu or def_cuda.
-// The CPU module also has `knn_search(...)`, the whole fused self-join.
+// pybind11 glue of knn_graph (keyword-only arguments); module.cpp calls def_cpu or
+// def_cuda.  CUDA: `knn_graph(...)` merges one tile of X X^T into the running top-k
+// lists.  CPU: `knn_search(...)`, the fused search (self-join or cross).
 #pragma once
 
 #include "common.h"
@@ -39,16 +39,18 @@ void def(pybind11::module_& m, Launch launch) {
 inline void def_cpu(pybind11::module_& m) {
   namespace py = pybind11;
   using bind::ptr;
-  def(m, [](const auto& t, const auto& l, uintptr_t) { merge_cpu(t, l); });
   m.def(
       "knn_search",
-      [](const std::string& dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld, uintptr_t sqnorm,
-         bool exclude_self, int64_t max_block, uintptr_t sims, uintptr_t idx, int64_t k) {
+      [](const std::string& dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld, uintptr_t sqnorm, uintptr_t y,
+         int64_t m, int64_t ldy, uintptr_t y_sqnorm, int64_t x_id0, int64_t y_id0, bool exclude_self,
+         int64_t max_block, uintptr_t sims, uintptr_t idx, int64_t k) {
         bind::dispatch<false>(dtype, "knn_search", [&](auto tag) {
           using A = decltype(tag);
           Features<A> f;
           f.x = ptr<const A>(x); f.n = n; f.d = d; f.ld = ld;
           f.sqnorm = ptr<const A>(sqnorm); f.exclude_self = exclude_self; f.max_block = max_block;
+          f.y = ptr<const A>(y); f.m = m; f.ldy = ldy; f.y_sqnorm = ptr<const A>(y_sqnorm);
+          f.x_id0 = x_id0; f.y_id0 = y_id0;
           Lists<A> l;
           l.sims = ptr<A>(sims); l.idx = ptr<int32_t>(idx); l.k = k;
           py::gil_scoped_release nogil;
@@ -56,8 +58,11 @@ inline void def_cpu(pybind11::module_& m) {
         });
       },
       py::kw_only(), py::arg("dtype"), py::arg("x"), py::arg("n"), py::arg("d"), py::arg("ld"), py::arg("sqnorm"),
-      py::arg("exclude_self"), py::arg("max_block"), py::arg("sims"), py::arg("idx"), py::arg("k"),
-      "Whole exact self-join top-k of x (n, d) into the (n, k) lists, fused (csrc/cpu/knn_graph.cpp).");
+      py::arg("y") = 0, py::arg("m") = 0, py::arg("ldy") = 0, py::arg("y_sqnorm") = 0, py::arg("x_id0") = 0,
+      py::arg("y_id0") = 0, py::arg("exclude_self"), py::arg("max_block"), py::arg("sims"), py::arg("idx"),
+      py::arg("k"),
+      "Exact top-k of x's rows (n, d) against x (y = 0: the self-join) or against y's rows (m, d) by global "
+      "ids, merged into the (n, k) lists, fused (csrc/cpu/knn_graph.cpp).");
 }
 inline void def_cuda(pybind11::module_& m) {
   def(m, [](const auto& t, const auto& l, uintptr_t stream) { merge_cuda(t, l, stream); });

@@ -1,76 +1,5 @@
-// CPU launchers of pysd/knn_graph.h: the fused self-join (search_cpu, below,
-// what pysd.knn_graph runs on the CPU) and the streaming top-k merge of tiles
-// that the caller computed (merge_cpu, for the row-sharded graph of
-// pysd.distributed).  The merge feeds one tile of G = X X^T to its rows i0..i1
-// (threads own rows): it tests a chunk of candidates against the row's
-// threshold with one vector loop and falls back to the scalar insert only for
-// chunks that hold a hit, which become rare once the lists fill.
-#include <omp.h>
-
-#include <algorithm>
-#include <cmath>
-#include <new>
-#include <type_traits>
-#include <vector>
-
-#include "pysd/knn_graph.h"
-#include "simd.h"
-
-namespace pysd {
-namespace knn_graph {
-namespace {
-
-constexpr int64_t kChunk = 64;  // candidates per vector threshold test
-
-template <bool L2, typename A>
-PYSD_INLINE void row_pass(const Tile<A>& t, const Lists<A>& l, int64_t r) {
-  const int64_t i = t.i0 + r, n = t.j1 - t.j0, k = l.k;
-  const A* __restrict d = t.dots + r * t.ld;
-  const A* __restrict nj = L2 ? t.sqnorm + t.j0 : nullptr;
-  const A ni = L2 ? t.sqnorm[i] : A(0);
-  A* sims = l.sims + i * k;
-  int32_t* idx = l.idx + i * k;
-  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
-    const int64_t c1 = std::min(n, c0 + kChunk);
-    const A thr = sims[k - 1];
-    int hits = 0;
-#pragma omp simd reduction(+ : hits)
-    for (int64_t c = c0; c < c1; ++c) hits += similarity<L2>(d[c], ni, L2 ? nj[c] : A(0)) >= thr;
-    if (!hits) continue;
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t j = t.j0 + c;
-      if (t.exclude_self && j == i) continue;
-      insert(sims, idx, k, similarity<L2>(d[c], ni, L2 ? nj[c] : A(0)), int32_t(j));
-    }
-  }
-}
-
-template <typename A>
-PYSD_INLINE void rows(const Tile<A>& t, const Lists<A>& l, int64_t r0, int64_t r1) {
-  if (t.sqnorm) {
-    for (int64_t r = r0; r < r1; ++r) row_pass<true>(t, l, r);
-  } else {
-    for (int64_t r = r0; r < r1; ++r) row_pass<false>(t, l, r);
-  }
-}
-
-PYSD_ISA_CLONES void rows_f32(const Tile<float>& t, const Lists<float>& l, int64_t r0, int64_t r1) {
-  rows(t, l, r0, r1);
-}
-PYSD_ISA_CLONES void rows_f64(const Tile<double>& t, const Lists<double>& l, int64_t r0, int64_t r1) {
-  rows(t, l, r0, r1);
-}
-template <typename A, typename Rows>
-void launch(const Tile<A>& t, const Lists<A>& l, Rows row_fn) {
-  constexpr int64_t kRowTask = 16;
-  const int64_t nrows = t.i1 - t.i0, ncols = t.j1 - t.j0;
-  const int64_t row_tasks = (nrows + kRowTask - 1) / kRowTask;
-  const bool parallel = nrows * ncols >= (int64_t(1) << 15);
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-  for (int64_t b = 0; b < row_tasks; ++b) row_fn(t, l, b * kRowTask, std::min(nrows, (b + 1) * kRowTask));
-}
-
-// ---------------------------------------------------------------- fused search
+// CPU launcher of pysd/knn_graph.h: the fused search (search_cpu), what
+// pysd.knn_graph and the CPU ring of pysd.distributed.knn_graph run.
 //
 // A register tile holds kMR rows x NR columns of dot products (12 vector
 // accumulators, 15 of AVX2's 16 registers with the two column vectors and the
@@ -84,8 +13,23 @@ void launch(const Tile<A>& t, const Lists<A>& l, Rows row_fn) {
 // Threads: a pair of blocks (I, J) writes the lists of I and of J, so pairs run
 // in the rounds of a round-robin tournament (the circle method), in which no
 // block meets two others; a round's pairs share nothing and need no locks.
-// Diagonal pairs (I, I) run first, one per thread.  Results do not depend on
-// the schedule, because the insert keeps a total order (knn_graph.h).
+// Diagonal pairs (I, I) run first, one per thread.  A cross search writes the
+// rows' lists only, so a thread owns each block of rows and meets every block
+// of columns.  Results do not depend on the schedule, because the insert keeps
+// a total order (knn_graph.h).
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <new>
+#include <type_traits>
+
+#include "pysd/knn_graph.h"
+#include "simd.h"
+
+namespace pysd {
+namespace knn_graph {
+namespace {
 
 constexpr int kMR = 6;
 
@@ -122,35 +66,47 @@ template <typename A>
 struct Search {
   const Features<A>& f;
   const Lists<A>& l;
-  const A* panels;  // X^T in panels of NR columns, [d][NR] each, zero past n
-  const A* norms;   // l2: squared norms padded with +inf (padding never qualifies), else null
+  const A* panels;  // the columns (x, or y when cross) in panels of NR, [d][NR] each, zero past m
+  const A* norms;   // l2: the columns' squared norms padded with +inf (padding never qualifies), else null
   const A* zeros;   // (d,) row standing in for rows past n
+  int64_t m;        // columns
+  bool cross;       // y's rows are the columns: offer to x's rows only, by global id
 };
 
 // Offers the pairs of one register tile (rows i0.., columns j0..) whose
-// similarities `s` (kMR x NR, row-major) passed the vector test to both lists.
-// thr_r / thr_c: thresholds of the tile's rows / columns, updated on insert.
+// similarities `s` (kMR x NR, row-major) passed the vector test to both lists
+// (cross: to the rows' lists only).  thr_r / thr_c: thresholds of the tile's
+// rows / columns, updated on insert.
 template <typename A>
 void offer(const Search<A>& s, const A* sim, int64_t i0, int64_t j0, A* thr_r, A* thr_c, bool diag) {
   constexpr int NR = Simd<A>::NR;
   const int64_t n = s.f.n, k = s.l.k;
   for (int r = 0; r < kMR && i0 + r < n; ++r) {
     const int64_t i = i0 + r;
-    for (int c = 0; c < NR && j0 + c < n; ++c) {
+    for (int c = 0; c < NR && j0 + c < s.m; ++c) {
       const int64_t j = j0 + c;
+      if (s.cross) {
+        const int64_t id = s.f.y_id0 + j;
+        if (s.f.exclude_self && id == s.f.x_id0 + i) continue;
+        const A v = sim[r * NR + c];
+        if (v >= thr_r[r] && insert(s.l.sims + i * k, s.l.idx + i * k, k, v, int32_t(id))) {
+          thr_r[r] = s.l.sims[i * k + k - 1];
+        }
+        continue;
+      }
       if (diag && j <= i) {  // each pair once, from its upper triangle; self only to its own row
         if (j == i && !s.f.exclude_self) {
-          if (insert(s.l.sims + i * k, s.l.idx + i * k, k, sim[r * NR + c], int32_t(i))) {
+          if (insert(s.l.sims + i * k, s.l.idx + i * k, k, sim[r * NR + c], int32_t(s.f.x_id0 + i))) {
             thr_r[r] = s.l.sims[i * k + k - 1];
           }
         }
         continue;
       }
       const A v = sim[r * NR + c];
-      if (v >= thr_r[r] && insert(s.l.sims + i * k, s.l.idx + i * k, k, v, int32_t(j))) {
+      if (v >= thr_r[r] && insert(s.l.sims + i * k, s.l.idx + i * k, k, v, int32_t(s.f.x_id0 + j))) {
         thr_r[r] = s.l.sims[i * k + k - 1];
       }
-      if (v >= thr_c[c] && insert(s.l.sims + j * k, s.l.idx + j * k, k, v, int32_t(i))) {
+      if (v >= thr_c[c] && insert(s.l.sims + j * k, s.l.idx + j * k, k, v, int32_t(s.f.x_id0 + i))) {
         thr_c[c] = s.l.sims[j * k + k - 1];
       }
     }
@@ -215,10 +171,16 @@ void thresholds(const Search<A>& s, int64_t r0, int64_t len, A* thr) {
 template <bool L2, typename A>
 PYSD_INLINE void pair(const Search<A>& s, int64_t I0, int64_t J0, int64_t B, A* thr_r, A* thr_c) {
   constexpr int NR = Simd<A>::NR;
-  const bool diag = I0 == J0;
-  const int64_t n = s.f.n, I1 = std::min(n, I0 + B), J1 = std::min(n, J0 + B);
+  const bool diag = !s.cross && I0 == J0;
+  const int64_t I1 = std::min(s.f.n, I0 + B), J1 = std::min(s.m, J0 + B);
   thresholds(s, I0, B, thr_r);
-  if (diag) thr_c = thr_r; else thresholds(s, J0, B, thr_c);
+  if (s.cross) {
+    std::fill(thr_c, thr_c + B, A(INFINITY));  // the columns' lists live on other ranks
+  } else if (diag) {
+    thr_c = thr_r;
+  } else {
+    thresholds(s, J0, B, thr_c);
+  }
   for (int64_t j0 = J0; j0 < J1; j0 += NR) {
     const A* bp = s.panels + (j0 / NR) * s.f.d * NR;
     for (int64_t i0 = I0; i0 < I1; i0 += kMR) {
@@ -272,33 +234,44 @@ struct Aligned {  // 64-byte aligned array, zero-initialised
 template <typename A>
 void search(const Features<A>& f, const Lists<A>& l) {
   constexpr int NR = Simd<A>::NR;
-  const int64_t n = f.n, d = f.d;
-  if (n == 0) return;
+  const bool cross = f.y != nullptr;
+  const int64_t n = f.n, d = f.d, m = cross ? f.m : f.n;
+  const A* cols = cross ? f.y : f.x;
+  const int64_t ldc = cross ? f.ldy : f.ld;
+  const A* col_sqnorm = cross ? f.y_sqnorm : f.sqnorm;
+  if (n == 0 || m == 0) return;
   const int threads = omp_get_max_threads();
-  const int64_t B = block_rows(f, threads), blocks = (n + B - 1) / B;
-  const int64_t padded = (n + NR - 1) / NR * NR;
-  Aligned<A> panels(padded * d), zeros(d), norms(f.sqnorm ? padded : 0);
-  const Search<A> s{f, l, panels.p, f.sqnorm ? norms.p : nullptr, zeros.p};
-  // the circle method: `players` (blocks, plus a bye when odd) meet in players - 1 rounds
+  const int64_t B = block_rows(f, threads), blocks = (n + B - 1) / B, col_blocks = (m + B - 1) / B;
+  const int64_t padded = (m + NR - 1) / NR * NR;
+  Aligned<A> panels(padded * d), zeros(d), norms(col_sqnorm ? padded : 0);
+  const Search<A> s{f, l, panels.p, col_sqnorm ? norms.p : nullptr, zeros.p, m, cross};
+  // self-join, the circle method: `players` (blocks, plus a bye when odd) meet in players - 1 rounds
   const int64_t players = blocks + (blocks & 1), per_round = players / 2;
-#pragma omp parallel if (double(n) * double(n) * double(d) >= 4e6)  // n * n * d overflows int64 at large n
+#pragma omp parallel if (double(n) * double(m) * double(d) >= 4e6)  // n * m * d overflows int64 at large n
   {
     Aligned<A> thr(2 * B);
 #pragma omp for schedule(static)
     for (int64_t j = 0; j < padded; ++j) {
       A* p = panels.p + (j / NR) * d * NR + j % NR;
-      const A* x = f.x + j * f.ld;
-      for (int64_t q = 0; q < d; ++q) p[q * NR] = j < n ? x[q] : A(0);
-      if (f.sqnorm) norms.p[j] = j < n ? f.sqnorm[j] : A(INFINITY);
+      const A* x = cols + j * ldc;
+      for (int64_t q = 0; q < d; ++q) p[q * NR] = j < m ? x[q] : A(0);
+      if (col_sqnorm) norms.p[j] = j < m ? col_sqnorm[j] : A(INFINITY);
     }
+    if (cross) {  // a thread owns each block of rows: no two threads write one list
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < blocks; ++b) pair_any(s, b * B, b * B, B, thr.p, thr.p + B);
-    for (int64_t round = 0; round + 1 < players; ++round) {
+      for (int64_t b = 0; b < blocks; ++b) {
+        for (int64_t c = 0; c < col_blocks; ++c) pair_any(s, b * B, c * B, B, thr.p, thr.p + B);
+      }
+    } else {
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t m = 0; m < per_round; ++m) {
-        const int64_t a = m == 0 ? players - 1 : (round + m) % (players - 1);
-        const int64_t b = m == 0 ? round : (round - m + players - 1) % (players - 1);
-        if (a < blocks && b < blocks) pair_any(s, std::min(a, b) * B, std::max(a, b) * B, B, thr.p, thr.p + B);
+      for (int64_t b = 0; b < blocks; ++b) pair_any(s, b * B, b * B, B, thr.p, thr.p + B);
+      for (int64_t round = 0; round + 1 < players; ++round) {
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t p = 0; p < per_round; ++p) {
+          const int64_t a = p == 0 ? players - 1 : (round + p) % (players - 1);
+          const int64_t b = p == 0 ? round : (round - p + players - 1) % (players - 1);
+          if (a < blocks && b < blocks) pair_any(s, std::min(a, b) * B, std::max(a, b) * B, B, thr.p, thr.p + B);
+        }
       }
     }
   }
@@ -306,8 +279,6 @@ void search(const Features<A>& f, const Lists<A>& l) {
 
 }  // namespace
 
-void merge_cpu(const Tile<float>& t, const Lists<float>& l) { launch(t, l, rows_f32); }
-void merge_cpu(const Tile<double>& t, const Lists<double>& l) { launch(t, l, rows_f64); }
 void search_cpu(const Features<float>& f, const Lists<float>& l) { search(f, l); }
 void search_cpu(const Features<double>& f, const Lists<double>& l) { search(f, l); }
 

@@ -2,8 +2,8 @@
 blocks), and :class:`ShardedGraph`, one rank's rows of a graph.
 
 Validation, feature preparation, the tie rule, the l2 arithmetic and the graph recipe are those of the
-single-process op (the hooks of :mod:`pysd.ops.knn_graph` and :mod:`pysd._ref.knn_graph`); the tile
-merge comes from :mod:`pysd._backend`.
+single-process op (the hooks of :mod:`pysd.ops.knn_graph` and :mod:`pysd._ref.knn_graph`); the fused
+CPU search or the tile merge comes from :mod:`pysd._backend`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import _backend, _checks
-from .._codes import NO_INDEX
 from .._ref import knn_graph as recipe
 from ..graph import CsrArrays, Graph, _check_csr
 from ..ops import knn_graph as single
@@ -163,8 +162,9 @@ def _ring_search(x: Tensor, sqn: Optional[Tensor], k: int, sizes, offsets: Tenso
     rank, p = world(group)
     n, d, dev = x.shape[0], x.shape[1], x.device
     row_start = int(offsets[rank])
-    sims = torch.full((n, k), -torch.inf, dtype=x.dtype, device=dev)
-    idx = torch.full((n, k), NO_INDEX, dtype=torch.int32, device=dev)
+    sims, idx = recipe.empty_lists(x, k)
+    # CPU with the compiled backend: the fused kernel, no tiles; otherwise GEMM tiles and a merge
+    search = _backend.select_part(OP, dev.type, "search") if dev.type == "cpu" else None
     merge = _backend.select_part(OP, dev.type, "merge")
     # l2 travels with its squared norms in one message so that both are the owner's exact values
     own = x if sqn is None else torch.cat([x, sqn.unsqueeze(1)], 1)
@@ -181,7 +181,13 @@ def _ring_search(x: Tensor, sqn: Optional[Tensor], k: int, sizes, offsets: Tenso
             pending = (dist.batch_isend_irecv(ops) if ops else [], incoming)
         if n and blk.shape[0]:
             feats, norms = (blk, None) if sqn is None else (blk[:, :d], blk[:, d])
-            _merge_block(x, sqn, feats, norms, int(offsets[owner]), row_start, exclude_self, tile, sims, idx, merge)
+            if search is not None and owner == rank:  # the local block: a self-join, each pair once
+                search(x, sqn, row_start, exclude_self, tile[0], sims, idx)
+            elif search is not None:
+                search(x, sqn, row_start, exclude_self, tile[0], sims, idx, feats, norms, int(offsets[owner]))
+            else:
+                _merge_block(x, sqn, feats, norms, int(offsets[owner]), row_start, exclude_self, tile, sims, idx,
+                             merge)
         if pending is not None:
             for req in pending[0]:
                 req.wait()
@@ -222,10 +228,12 @@ def knn_graph(local_features, k: int = 10, *, group=None, metric: str = "cosine"
 
     Search: a ring over the P ranks.  At step s each rank holds the feature block of rank
     ``rank - s`` (its own at s = 0), merges the similarities of its rows to that block into its
-    top-k lists (tiles of ``tile``, same tie rule as the single-process op: higher similarity, then
-    lower global index), and passes the block on to ``rank + 1`` while receiving the next from
-    ``rank - 1`` (the transfer overlaps the GEMM).  Each rank sees every block once and holds at most
-    its own block and two others (the one in use, the one arriving).
+    top-k lists (same tie rule as the single-process op: higher similarity, then lower global
+    index), and passes the block on to ``rank + 1`` while receiving the next from ``rank - 1`` (the
+    transfer overlaps the search).  Each rank sees every block once and holds at most its own block
+    and two others (the one in use, the one arriving).  On the CPU with the compiled backend the
+    similarities come from the fused kernel of :func:`pysd.knn_graph` (its own block as a
+    self-join, each pair once; the others row by row), elsewhere from GEMM tiles of ``tile``.
 
     Graph: the same recipe as :func:`pysd.knn_graph`.  For l2 the kernel width (mean squared distance
     to the k-th neighbour) is all-reduced.  Symmetrisation sends each edge ``i -> j`` to the owner of
@@ -243,8 +251,9 @@ def knn_graph(local_features, k: int = 10, *, group=None, metric: str = "cosine"
     Returns:
         :class:`ShardedGraph` on the features' device (values in the compute dtype).
 
-    Memory per rank: the lists ``(n, k)``, two incoming feature blocks, one tile, and the CSR build
-    on ``O(n k)`` edges plus the transposed edges it receives.
+    Memory per rank: the lists ``(n, k)``, two incoming feature blocks, one packed copy of a block
+    (fused CPU search) or one tile, and the CSR build on ``O(n k)`` edges plus the transposed edges
+    it receives.
     """
     error, x, sqn, d, dt = None, None, None, None, None
     try:

@@ -1,9 +1,8 @@
 // Streaming exact top-k of a self-join, shared by the CPU and CUDA launchers.
 //
-// Either the caller computes tiles of G = X X^T with a BLAS GEMM and a launcher
-// merges each tile into per-row lists of the k best candidates (CUDA, and the
-// sharded CPU graph), or the CPU computes and filters the dot products itself
-// (search_cpu).  A list is kept
+// On a GPU the caller computes tiles of G = X X^T with cuBLAS and a launcher
+// merges each tile into per-row lists of the k best candidates; the CPU
+// computes and filters the dot products itself (search_cpu).  A list is kept
 // sorted best first, so its last entry is the admission threshold that the
 // vector loops test against before the (rare) scalar insert.
 //
@@ -66,25 +65,32 @@ struct Lists {
   int64_t k = 0;
 };
 
-// A whole self-join on the CPU (csrc/cpu/knn_graph.cpp, search_cpu): a
-// register-tiled kernel computes X X^T in blocks of rows and tests each small
-// tile of dot products against both of its rows' thresholds while it is still
-// in registers, so no tile of G is ever stored.  Every pair i < j is computed
-// once and offered to both lists.
+// A whole search on the CPU (csrc/cpu/knn_graph.cpp, search_cpu): a
+// register-tiled kernel computes dot products in blocks of rows and tests each
+// small tile of them against its rows' (and columns') thresholds while it is
+// still in registers, so no tile is ever stored.
+//   Self-join (y == null): the lists of x's rows against x's rows; every pair
+//   i < j is computed once and offered to both lists.
+//   Cross (y != null): the lists of x's rows against y's rows (a shard of the
+//   columns), offered to x's rows only.
+// Ids in the lists are global: x_id0 + i for row i of x, y_id0 + j for row j
+// of y; "self" is an equal global id.
 template <typename A>
 struct Features {
-  const A* x = nullptr;       // (n, d), row stride ld
+  const A* x = nullptr;         // (n, d), row stride ld
   int64_t n = 0, d = 0, ld = 0;
-  const A* sqnorm = nullptr;  // (n,) squared norms for l2, else null
+  const A* sqnorm = nullptr;    // (n,) squared norms for l2, else null
+  const A* y = nullptr;         // cross: (m, d), row stride ldy
+  int64_t m = 0, ldy = 0;
+  const A* y_sqnorm = nullptr;  // cross with l2: (m,) squared norms
+  int64_t x_id0 = 0, y_id0 = 0;
   bool exclude_self = true;
-  int64_t max_block = 0;      // caps the rows per block (rounded up to kBlockQuantum)
+  int64_t max_block = 0;        // caps the rows per block (rounded up to kBlockQuantum)
 };
 constexpr int64_t kBlockQuantum = 48;  // a multiple of every register tile's rows and columns
 
-// Launchers.  merge_*: feed one tile of X X^T to its rows' top-k lists (OpenMP
-// inside on the CPU).  search_cpu: the whole self-join of f.x into the lists.
-void merge_cpu(const Tile<float>& t, const Lists<float>& l);
-void merge_cpu(const Tile<double>& t, const Lists<double>& l);
+// Launchers.  merge_cuda: feed one tile of X X^T to its rows' top-k lists.
+// search_cpu: the whole search of f (self-join or cross) into the lists.
 void search_cpu(const Features<float>& f, const Lists<float>& l);
 void search_cpu(const Features<double>& f, const Lists<double>& l);
 void merge_cuda(const Tile<float>& t, const Lists<float>& l, uintptr_t stream);
