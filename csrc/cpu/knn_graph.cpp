@@ -73,18 +73,23 @@ struct Search {
   bool cross;       // y's rows are the columns: offer to x's rows only, by global id
 };
 
-// Offers the pairs of one register tile (rows i0.., columns j0..) whose
-// similarities `s` (kMR x NR, row-major) passed the vector test to both lists
-// (cross: to the rows' lists only).  thr_r / thr_c: thresholds of the tile's
-// rows / columns, updated on insert.
+// Offers the pairs of one register tile (rows i0.., columns j0..) that passed
+// the vector test to both lists (cross: to the rows' lists only).  sim: the
+// tile's similarities (kMR x NR, row-major); hits[r]: bit c set when pair (r, c)
+// passed, against thresholds that can only have risen since, so the pairs not
+// set could not enter any list.  thr_r / thr_c: thresholds of the tile's rows /
+// columns, updated on insert.
 template <typename A>
-void offer(const Search<A>& s, const A* sim, int64_t i0, int64_t j0, A* thr_r, A* thr_c, bool diag) {
+void offer(const Search<A>& s, const A* sim, const uint32_t* hits, int64_t i0, int64_t j0, A* thr_r, A* thr_c,
+           bool diag) {
   constexpr int NR = Simd<A>::NR;
   const int64_t n = s.f.n, k = s.l.k;
   for (int r = 0; r < kMR && i0 + r < n; ++r) {
     const int64_t i = i0 + r;
-    for (int c = 0; c < NR && j0 + c < s.m; ++c) {
+    for (uint32_t bits = hits[r]; bits != 0; bits &= bits - 1) {
+      const int c = __builtin_ctz(bits);
       const int64_t j = j0 + c;
+      if (j >= s.m) break;
       if (s.cross) {
         const int64_t id = s.f.y_id0 + j;
         if (s.f.exclude_self && id == s.f.x_id0 + i) continue;
@@ -114,6 +119,18 @@ void offer(const Search<A>& s, const A* sim, int64_t i0, int64_t j0, A* thr_r, A
 }
 
 #define PYSD_KNN_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+
+// Lane l of the masks lo / hi (all ones or zero) as bit l / W + l of the result.
+template <typename M>
+PYSD_INLINE uint32_t lane_bits(const M& lo, const M& hi) {
+  constexpr int W = int(sizeof(M) / sizeof(lo[0]));
+  M weight_lo, weight_hi;
+  for (int l = 0; l < W; ++l) weight_lo[l] = decltype(lo[0] + 0)(1) << l, weight_hi[l] = weight_lo[l] << W;
+  const M v = (lo & weight_lo) | (hi & weight_hi);
+  uint32_t bits = 0;
+  for (int l = 0; l < W; ++l) bits |= uint32_t(v[l]);
+  return bits;
+}
 
 // One register tile: rows i0 .. i0+kMR, the NR columns of panel `bp` from j0.
 template <bool L2, typename A>
@@ -156,7 +173,12 @@ PYSD_INLINE void tile(const Search<A>& s, int64_t i0, int64_t j0, const A* __res
   __builtin_memcpy(sim + r * NR + W, &c##r##1, sizeof(V));
   PYSD_KNN_ROWS(PYSD_KNN_STORE)
 #undef PYSD_KNN_STORE
-  offer(s, sim, i0, j0, thr_r, thr_c, diag);
+  uint32_t hits[kMR];
+#define PYSD_KNN_HITS(r)                                                                                   \
+  hits[r] = lane_bits<M>((c##r##0 >= thr_r[r]) | (c##r##0 >= t0), (c##r##1 >= thr_r[r]) | (c##r##1 >= t1));
+  PYSD_KNN_ROWS(PYSD_KNN_HITS)
+#undef PYSD_KNN_HITS
+  offer(s, sim, hits, i0, j0, thr_r, thr_c, diag);
 }
 #undef PYSD_KNN_ROWS
 
