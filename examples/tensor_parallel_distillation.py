@@ -66,6 +66,9 @@ def main():
     if rank == 0:
         print(f"{world} ranks: jsd loss {first:.4f} -> {final.item():.4f} in {STEPS} steps "
               f"(single-process {ref.item():.4f}); top-16 uniform-tail loss {topk_loss.item():.4f}")
+    # a rank that returns from a collective first must not tear its connections down while a peer is
+    # still finishing that collective's last transfer (gloo then aborts the process at exit)
+    dist.barrier()
     dist.destroy_process_group()
 
 
