@@ -69,8 +69,9 @@ struct Search {
   const A* panels;  // the columns (x, or y when cross) in panels of NR, [d][NR] each, zero past m
   const A* norms;   // l2: the columns' squared norms padded with +inf (padding never qualifies), else null
   const A* zeros;   // (d,) row standing in for rows past n
-  int64_t m;        // columns
-  bool cross;       // y's rows are the columns: offer to x's rows only, by global id
+
+  bool cross() const { return f.y != nullptr; }  // y's rows are the columns: offer to x's rows only
+  int64_t m() const { return cross() ? f.m : f.n; }  // columns
 };
 
 // Offers the pairs of one register tile (rows i0.., columns j0..) that passed
@@ -89,8 +90,8 @@ void offer(const Search<A>& s, const A* sim, const uint32_t* hits, int64_t i0, i
     for (uint32_t bits = hits[r]; bits != 0; bits &= bits - 1) {
       const int c = __builtin_ctz(bits);
       const int64_t j = j0 + c;
-      if (j >= s.m) break;
-      if (s.cross) {
+      if (j >= s.m()) break;
+      if (s.cross()) {
         const int64_t id = s.f.y_id0 + j;
         if (s.f.exclude_self && id == s.f.x_id0 + i) continue;
         const A v = sim[r * NR + c];
@@ -193,10 +194,10 @@ void thresholds(const Search<A>& s, int64_t r0, int64_t len, A* thr) {
 template <bool L2, typename A>
 PYSD_INLINE void pair(const Search<A>& s, int64_t I0, int64_t J0, int64_t B, A* thr_r, A* thr_c) {
   constexpr int NR = Simd<A>::NR;
-  const bool diag = !s.cross && I0 == J0;
-  const int64_t I1 = std::min(s.f.n, I0 + B), J1 = std::min(s.m, J0 + B);
+  const bool diag = !s.cross() && I0 == J0;
+  const int64_t I1 = std::min(s.f.n, I0 + B), J1 = std::min(s.m(), J0 + B);
   thresholds(s, I0, B, thr_r);
-  if (s.cross) {
+  if (s.cross()) {
     std::fill(thr_c, thr_c + B, A(INFINITY));  // the columns' lists live on other ranks
   } else if (diag) {
     thr_c = thr_r;
@@ -242,11 +243,9 @@ int64_t block_rows(const Features<A>& f, int threads) {
 }
 
 template <typename A>
-struct Aligned {  // 64-byte aligned array, zero-initialised
+struct Aligned {  // 64-byte aligned, uninitialised array (the pack writes every entry, in parallel)
   explicit Aligned(int64_t count)
-      : p(static_cast<A*>(::operator new[](sizeof(A) * std::max<int64_t>(count, 1), std::align_val_t(64)))) {
-    std::fill(p, p + std::max<int64_t>(count, 1), A(0));
-  }
+      : p(static_cast<A*>(::operator new[](sizeof(A) * std::max<int64_t>(count, 1), std::align_val_t(64)))) {}
   ~Aligned() { ::operator delete[](p, std::align_val_t(64)); }
   Aligned(const Aligned&) = delete;
   Aligned& operator=(const Aligned&) = delete;
@@ -266,7 +265,8 @@ void search(const Features<A>& f, const Lists<A>& l) {
   const int64_t B = block_rows(f, threads), blocks = (n + B - 1) / B, col_blocks = (m + B - 1) / B;
   const int64_t padded = (m + NR - 1) / NR * NR;
   Aligned<A> panels(padded * d), zeros(d), norms(col_sqnorm ? padded : 0);
-  const Search<A> s{f, l, panels.p, col_sqnorm ? norms.p : nullptr, zeros.p, m, cross};
+  std::fill(zeros.p, zeros.p + d, A(0));
+  const Search<A> s{f, l, panels.p, col_sqnorm ? norms.p : nullptr, zeros.p};
   // self-join, the circle method: `players` (blocks, plus a bye when odd) meet in players - 1 rounds
   const int64_t players = blocks + (blocks & 1), per_round = players / 2;
 #pragma omp parallel if (double(n) * double(m) * double(d) >= 4e6)  // n * m * d overflows int64 at large n
