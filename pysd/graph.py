@@ -12,6 +12,11 @@ from torch import Tensor
 from . import _checks
 
 
+# label-propagation sweeps of Graph.locality_order: on a 100k-node kNN graph (k=10) the
+# communities keep merging for ~20 sweeps, and 10 left 1.2x of the gather time on the table
+LOCALITY_SWEEPS = 20
+
+
 class CsrArrays:
     """Properties shared by the CSR graph types (:class:`Graph`, ``pysd.distributed.ShardedGraph``):
     both hold ``indptr``, ``indices`` and ``values`` tensors."""
@@ -115,14 +120,22 @@ class Graph(CsrArrays):
     def locality_order(self) -> Tensor:
         """``(num_nodes,)`` int64 node order (new position -> old node) that keeps neighbours close.
 
-        Reverse Cuthill-McKee (``scipy.sparse.csgraph``) on the structure of ``S + S^T``: rows
-        that share neighbours get nearby positions, so a pass over the rows gathers neighbour
-        rows that are still in cache.  Computed on the CPU once per graph and cached on it.
+        Nodes are numbered community by community, so a pass over the rows gathers neighbour rows
+        that are still in cache.  Communities come from label propagation over the stored edges, run
+        sequentially (deterministic): each row in turn joins the community with the largest total
+        edge weight among its neighbours (ties: the smaller label), for at most
+        ``LOCALITY_SWEEPS`` sweeps or until fewer than ``num_nodes / 1000`` rows move; nodes are then
+        sorted by community, and by index within one.  Computed on the CPU (numba) once per graph
+        and cached on it: O(sweeps * nnz) time, one ``(num_nodes,)`` float64 and a few int64
+        vectors of memory.
         """
         if "order" not in self._cache:
-            from scipy.sparse.csgraph import reverse_cuthill_mckee
+            from ._numba.locality import communities
 
-            order = reverse_cuthill_mckee(self.to_scipy(), symmetric_mode=False)
+            g = self.to("cpu")
+            label = communities(g.indptr.numpy(), g.indices.numpy(), g.values.numpy(), LOCALITY_SWEEPS,
+                                max(1, self.num_nodes // 1000))
+            order = np.argsort(label, kind="stable")
             self._cache["order"] = torch.from_numpy(order.astype(np.int64)).to(self.device)
         return self._cache["order"]
 

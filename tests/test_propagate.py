@@ -384,6 +384,40 @@ def test_reorder_matches_scipy_in_the_callers_order(backend, problem, solver, dt
     assert all((np.diff(r_) > 0).all() for r_ in rows)            # indices sorted within each row
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_locality_order_numbers_each_community_contiguously(seed):
+    # six planted communities, nodes shuffled: strong edges inside, sparse weak edges across
+    rng = np.random.default_rng(seed)
+    n, b = 150, 6
+    block = rng.permutation(np.arange(n) % b)
+    same = block[:, None] == block[None, :]
+    w = (np.where(same & (rng.random((n, n)) < 0.5), rng.uniform(0.5, 1.0, (n, n)), 0.0)
+         + np.where(~same & (rng.random((n, n)) < 0.05), rng.uniform(0.0, 0.3, (n, n)), 0.0))
+    np.fill_diagonal(w, 0.0)
+    g = pysd.Graph.from_scipy(sp.csr_matrix(np.maximum(w, w.T)))
+    order = g.locality_order().numpy()
+    assert sorted(order.tolist()) == list(range(n))
+    assert (np.diff(block[order]) != 0).sum() == b - 1  # each community one run of positions
+    assert np.array_equal(pysd.Graph.from_scipy(g.to_scipy()).locality_order().numpy(), order)  # deterministic
+
+
+def test_locality_order_of_graphs_without_structure():
+    from pysd._numba.locality import communities
+
+    for n in (0, 1, 5):  # no edges: every node its own community, the identity order
+        g = pysd.Graph.from_scipy(sp.csr_matrix((n, n), dtype=np.float32))
+        assert torch.equal(g.locality_order(), torch.arange(n))
+    # directed edges: rows 0-3 point at node 4 and join its community; rows 4 and 5 have no edges
+    a = sp.csr_matrix((np.ones(4), ([0, 1, 2, 3], [4, 4, 4, 4])), shape=(6, 6))
+    assert communities(a.indptr.astype(np.int64), a.indices, a.data, 20, 1).tolist() == [4, 4, 4, 4, 4, 5]
+    # two rows reached by one edge each, of weights 1 and 2: the heavier edge's community wins
+    b = sp.csr_matrix((np.array([1.0, 2.0]), ([0, 0], [1, 2])), shape=(3, 3))
+    assert communities(b.indptr.astype(np.int64), b.indices, b.data, 1, 1).tolist() == [2, 1, 2]
+    # a tie goes to the smaller label
+    c = sp.csr_matrix((np.array([1.0, 1.0]), ([0, 0], [1, 2])), shape=(3, 3))
+    assert communities(c.indptr.astype(np.int64), c.indices, c.data, 1, 1).tolist() == [1, 1, 2]
+
+
 @pytest.mark.parametrize("solver", [0, 1])
 def test_custom_op_opcheck(backend, problem, solver):
     from pysd.ops.propagate import _propagate_op
