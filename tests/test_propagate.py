@@ -384,6 +384,25 @@ def test_reorder_matches_scipy_in_the_callers_order(backend, problem, solver, dt
     assert all((np.diff(r_) > 0).all() for r_ in rows)            # indices sorted within each row
 
 
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("solver", ["cg", "iterate"])
+def test_reorder_with_weights_mask_and_class_mass(backend, problem, soft, solver):
+    # the seed matrix is built from permuted per-row inputs: every seed option must survive the order
+    S, y = problem
+    n = len(y)
+    rng = np.random.default_rng(1)
+    g = pysd.Graph.from_scipy(S, dtype=torch.float64)
+    labels = np.where(rng.random(n) < 0.3, -1, y)
+    if soft:
+        labels = rng.random((n, 6)) * (labels >= 0)[:, None]
+    kw = dict(weights=rng.random(n), mask=(labels.sum(1) > 0 if soft else labels >= 0) & (rng.random(n) < 0.8),
+              class_mass_norm=True, solver=solver, alpha=0.9)
+    r, plain = pysd.propagate(g, labels, reorder=True, **kw), pysd.propagate(g, labels, **kw)
+    assert np.array_equal(r.labels, plain.labels) and np.array_equal(r.issues, plain.issues)
+    for name in ("raw_scores", "scores", "oos_scores", "confidence", "entropy_weight", "class_weight"):
+        np.testing.assert_allclose(getattr(r, name), getattr(plain, name), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_locality_order_numbers_each_community_contiguously(seed):
     # six planted communities, nodes shuffled: strong edges inside, sparse weak edges across

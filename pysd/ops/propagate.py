@@ -260,6 +260,22 @@ def finish(out, given: Tensor, c: int, reduce: Callable[[Tensor], Tensor] = _sam
                 class_weight=class_weight, oos_scores=oos, issues=issues, residual=residual.to(dtype), raw_scores=z)
 
 
+def _to_callers_order(out, order: Tensor, spare: Tensor):
+    """The per-row kernel outputs (all but the trailing ``(C,)`` residual) from the solver's order back
+    to the caller's.  ``spare``: the seed buffer, free after the solve; each ``(N, C)`` output is
+    gathered into the buffer the previous one left, so no fresh ``(N, C)`` tensor is faulted in."""
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(order.numel(), device=order.device)
+    rows = []
+    for t in out[:7]:
+        if t.shape == spare.shape and t.dtype == spare.dtype and t.is_contiguous() and spare.is_contiguous():
+            rows.append(torch.index_select(t, 0, inv, out=spare))
+            spare = t  # copied out: its buffer takes the next output
+        else:
+            rows.append(t[inv])
+    return rows + list(out[7:])
+
+
 def given_labels(lab: Tensor, soft: bool) -> Tensor:
     """``(N,)`` int64 given label per row: the hard label, or the argmax of a labelled soft row, else -1."""
     if not soft:
@@ -313,8 +329,9 @@ def propagate(graph, labels, *, num_classes: Optional[int] = None, mask=None, we
 
     Memory: cg allocates four ``(N, C)`` buffers in the compute dtype (x, r = seeds, p, q; the outputs
     reuse them), iterate four (seeds, two Z buffers, oos); plus O(N + nnz) for the seeds and checks.
-    No ``N x N`` temporaries.  ``reorder=True`` adds one permuted ``(N, C)`` copy at a time (seeds in, each
-    output back) and, on first use per graph, the reordered CSR.
+    No ``N x N`` temporaries.  ``reorder=True`` adds no ``(N, C)`` buffer of its own (the seeds are built
+    in the solver's order, and the outputs return to the caller's order through the buffers the solve
+    frees), except a permuted copy of soft labels; on first use per graph, the order and reordered CSR.
 
     Host synchronisations per call (on a GPU): three.  The value checks of the inputs read one small
     summary vector (1); the extension waits for its stream once at the end of the solve for the
@@ -340,19 +357,18 @@ def propagate(graph, labels, *, num_classes: Optional[int] = None, mask=None, we
     if not s["any_seed"]:
         raise ValueError(f"{OP}: no seed rows (mask and labels select none)")
     seed = s["seed"] & ~isolated(g.indptr, g.values)
-    y = seed_matrix(lab, soft, c, seed, w, class_mass_norm, dtype)
     given = given_labels(lab, soft).contiguous()
     order = None
     if reorder and dev.type == "cpu" and n > 1:
         g, order = g.reordered()
-    y_in, given_in = (y, given) if order is None else (y[order], given[order])
-    del y
-    *out, stats = _propagate_op(g.indptr.contiguous(), g.indices.contiguous(), g.values.contiguous(), y_in,
-                                given_in, o["alpha"], int(o["solver"]), o["max_iter"], o["tol"])
-    if order is not None:  # the per-row outputs back to the caller's order, one at a time
-        inv = torch.empty_like(order)
-        inv[order] = torch.arange(n, device=dev)
-        out = [t[inv] for t in out[:7]] + out[7:]  # all but the (C,) residual are per row
+        # the seed matrix is built in the solver's order from permuted per-row inputs: no (N, C) gather
+        lab, seed, w = lab[order], seed[order], w[order]
+    y = seed_matrix(lab, soft, c, seed, w, class_mass_norm, dtype)
+    *out, stats = _propagate_op(g.indptr.contiguous(), g.indices.contiguous(), g.values.contiguous(), y,
+                                given if order is None else given[order], o["alpha"], int(o["solver"]),
+                                o["max_iter"], o["tol"])
+    if order is not None:
+        out = _to_callers_order(out, order, spare=y)
     it, flips = stats.tolist()
     return Propagation(iterations=it, flips=flips,
                        **{k: _checks.restore(v, kind) for k, v in finish(out, given, c).items()})
