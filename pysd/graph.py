@@ -13,7 +13,7 @@ from . import _checks
 
 
 # label-propagation sweeps of Graph.locality_order: on a 100k-node kNN graph (k=10) the
-# communities keep merging for ~20 sweeps, and 10 left 1.2x of the gather time on the table
+# communities keep merging for ~20 sweeps; 10 left fragments and ~1.1x of the solve time on the table
 LOCALITY_SWEEPS = 20
 
 
