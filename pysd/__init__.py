@@ -11,6 +11,8 @@ Public API (see README.md):
 * :func:`small_loss_mask`, :func:`gmm_clean_prob`: small-loss sample selection.
 * :mod:`pysd.distributed`: the loss normalizer, kNN graph and propagation over ``torch.distributed`` row shards.
 * :func:`info`: backends, build configuration and versions.
+* :func:`cpu_cache_info`, :func:`empty_cpu_cache`, :func:`set_cpu_cache_limit`: the cache of large CPU buffers
+  (gradients, work arrays) that spares a training loop the page faults of fresh ones.
 * Optional integrations, imported on demand (each imports its library): :mod:`pysd.sklearn` (a scikit-learn
   estimator), :mod:`pysd.integrations.transformers` (distillation in a Hugging Face ``Trainer``).
 """
@@ -32,6 +34,7 @@ from .ops.knn_graph import knn_graph  # noqa: E402
 from .graph import Graph  # noqa: E402
 from .ops.propagate import Propagation, propagate  # noqa: E402
 from .ops.selection import gmm_clean_prob, small_loss_mask  # noqa: E402
+from .cpu_cache import cpu_cache_info, empty_cpu_cache, set_cpu_cache_limit  # noqa: E402
 from . import nn  # noqa: E402
 
 # scipy.linalg (theory, recipes) and torch.distributed cost more to import than the rest of pysd together:
@@ -58,4 +61,4 @@ def info() -> dict:
 
 __all__ = ["kd_loss", "SparseTeacher", "topk_teacher", "fused_linear_kd_loss", "partial_labels", "knn_graph", "Graph",
            "propagate", "Propagation", "small_loss_mask",
-           "gmm_clean_prob", "nn", "theory", "recipes", "distributed", "info", "BackendError", "__version__"]
+           "gmm_clean_prob", "cpu_cache_info", "empty_cpu_cache", "set_cpu_cache_limit", "nn", "theory", "recipes", "distributed", "info", "BackendError", "__version__"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import cpu_cache
 from .._codes import DTYPE_NAMES, TeacherFormat, acc_dtype, stream
 
 
@@ -14,7 +15,7 @@ def backend(ext, student, teacher, target, weight, grad_scale, *, compute_grad: 
     ``pysd._ref.kd_loss.backend``."""
     n, c = student.shape
     rows = torch.empty(n, dtype=acc_dtype(student.dtype), device=student.device)
-    grad = torch.empty((n, c), dtype=student.dtype, device=student.device) if compute_grad else None
+    grad = cpu_cache.empty((n, c), student.dtype, student.device) if compute_grad else None
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
     ext.kd_loss(
         dtype=DTYPE_NAMES[student.dtype], rows=n, cols=c, student=student.data_ptr(), student_stride=student.stride(0),

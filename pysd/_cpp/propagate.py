@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import cpu_cache
 from .._codes import DTYPE_NAMES, Solver, stream
 
 
@@ -14,7 +15,7 @@ def backend(ext, indptr, indices, values, seeds, given, *, alpha, solver, max_it
     n, c = seeds.shape
     dev, dt = seeds.device, seeds.dtype
     residual = torch.zeros(c, dtype=torch.float64, device=dev)
-    work = [torch.empty_like(seeds) for _ in range(3)]
+    work = [cpu_cache.empty_like(seeds) for _ in range(3)]
     labels = torch.empty(n, dtype=torch.int64, device=dev)
     confidence, weight, margin = (torch.empty(n, dtype=dt, device=dev) for _ in range(3))
     it, flips, (z, scores, oos) = ext.propagate(

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .. import cpu_cache
 from .._codes import DTYPE_NAMES, Phase, acc_dtype, stream
 
 
@@ -35,7 +36,7 @@ def backend(ext, student, indices, values, target, weight, grad_scale, *, comput
     ``pysd._ref.sparse_kd_loss.backend``."""
     n, v = student.shape
     rows = torch.empty(n, dtype=acc_dtype(student.dtype), device=student.device)
-    grad = torch.empty((n, v), dtype=student.dtype, device=student.device) if compute_grad else None
+    grad = cpu_cache.empty((n, v), student.dtype, student.device) if compute_grad else None
     call(ext, student, Phase.FUSED, n, v, 0, v, indices, values, target, weight, grad_scale, grad, rows,
          None, None, None, None, options)
     return rows, grad

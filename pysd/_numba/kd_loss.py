@@ -16,6 +16,7 @@ import numba
 import numpy as np
 import torch
 
+from .. import cpu_cache
 from .._codes import Divergence, TeacherFormat, acc_dtype
 from . import CACHE, match_torch_threads
 from .fastexp import exp
@@ -227,7 +228,7 @@ def backend(student, teacher, target, weight, grad_scale, *, compute_grad: bool,
     y = torch.empty(0, dtype=torch.int64) if target is None else target
     w = torch.empty(0, dtype=acc) if weight is None else weight.to(acc)
     rows = torch.empty(n, dtype=acc)
-    grad = torch.empty((n, c), dtype=acc) if compute_grad else torch.empty((0, c), dtype=acc)
+    grad = cpu_cache.empty((n, c), acc) if compute_grad else torch.empty((0, c), dtype=acc)
     typ = np.float64 if acc == torch.float64 else np.float32
     scratch = np.empty((match_torch_threads(), 4, c), dtype=typ)
     integer_t = float(temperature).is_integer() and 2 <= temperature <= 16

@@ -13,6 +13,7 @@ import numba
 import numpy as np
 import torch
 
+from .. import cpu_cache
 from .._codes import Solver
 from . import CACHE, match_torch_threads
 
@@ -214,11 +215,11 @@ def backend(indptr, indices, values, seeds, given, *, alpha, solver, max_iter, t
     residual = torch.zeros(cols, dtype=torch.float64)
     g = (_np(indptr), _np(indices), _np(values))
     if solver == Solver.CG:
-        x, p, q = (torch.empty_like(seeds) for _ in range(3))
+        x, p, q = (cpu_cache.empty_like(seeds) for _ in range(3))
         it = _cg(*g, _np(x), _np(seeds), _np(p), _np(q), _np(residual), alpha, max_iter, tol, part, acc)
         flips, z, scores, oos = -1, x, q, p
     else:
-        z0, z1, oos = (torch.empty_like(seeds) for _ in range(3))
+        z0, z1, oos = (cpu_cache.empty_like(seeds) for _ in range(3))
         it, flips = _iterate(*g, _np(seeds), _np(z0), _np(z1), _np(residual), alpha, max_iter, tol, part, acc)
         z, scores = (z1, z0) if it % 2 else (z0, z1)
     labels = torch.empty(n, dtype=torch.int64)

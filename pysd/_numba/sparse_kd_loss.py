@@ -13,6 +13,7 @@ import numba
 import numpy as np
 import torch
 
+from .. import cpu_cache
 from .._codes import Divergence, Tail, TeacherFormat
 from . import CACHE, match_torch_threads
 
@@ -317,7 +318,7 @@ def backend(student, indices, values, target, weight, grad_scale, *, compute_gra
     s = student.detach().to(acc)
     n, v = s.shape
     rows = torch.empty(n, dtype=acc)
-    grad = torch.empty((n, v), dtype=acc) if compute_grad else torch.empty((0, v), dtype=acc)
+    grad = cpu_cache.empty((n, v), acc) if compute_grad else torch.empty((0, v), dtype=acc)
     y = torch.empty(0, dtype=torch.int64) if target is None else target
     w = torch.empty(0, dtype=acc) if weight is None else weight.to(acc)
     if n > 0:

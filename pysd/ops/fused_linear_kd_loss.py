@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _backend, _checks
+from .. import _backend, _checks, cpu_cache
 from .._codes import FLOATS, Reduction, TeacherFormat, acc_dtype, options
 from ..sparse_teacher import SparseTeacher
 from . import sparse_kd_loss as skd
@@ -52,7 +52,7 @@ class _Buffer:
 
     def rows(self, r: int) -> Tensor:
         if self.t is None or self.t.shape[0] < r:
-            self.t = self.like.new_empty((r, self.cols))
+            self.t = cpu_cache.empty((r, self.cols), self.like.dtype, self.like.device)
         return self.t[:r]
 
 
@@ -76,8 +76,8 @@ class _Head:
     def __init__(self, x, weight, bias, cap, compute_grad, rows):
         self.x, self.weight, self.bias, self.cap = x, weight, bias, cap
         acc = acc_dtype(x.dtype)
-        self.gx = torch.empty((rows, x.shape[1]), dtype=x.dtype, device=x.device) if compute_grad else None
-        self.gw = torch.empty(weight.shape, dtype=acc, device=x.device) if compute_grad else None
+        self.gx = cpu_cache.empty((rows, x.shape[1]), x.dtype, x.device) if compute_grad else None
+        self.gw = cpu_cache.empty(weight.shape, acc, x.device) if compute_grad else None
         self.gb = torch.empty(weight.shape[0], dtype=acc, device=x.device) if compute_grad and bias is not None \
             else None
         self.first_rows = True  # the current chunk of rows is the first one
@@ -400,6 +400,8 @@ def fused_linear_kd_loss(student_input: Tensor, student_weight: Tensor, teacher,
     are accumulated in float32 (float64 for float64 input) and computed during the forward call
     (for ``reduction="none"`` they are computed in backward, with the upstream gradient as row
     weights).  bf16/fp16 GEMMs run in the input dtype (fp32 accumulation inside the GEMM).
+    On the CPU the chunk buffers and the input and weight gradients come from pysd's buffer cache
+    (:func:`pysd.cpu_cache_info`).
     """
     _check_linear("student", student_input, student_weight, student_bias)
     x = student_input

@@ -296,7 +296,9 @@ def kd_loss(
     Memory: the op allocates the ``(N,)`` row losses and, when the student requires grad,
     one ``(N, C)`` gradient buffer that is written during the forward pass and handed
     to autograd (for ``loss.backward()`` it becomes ``student.grad`` without a copy).
-    No other ``(N, C)`` temporaries (the numba fallback upcasts bf16/fp16 inputs).
+    No other ``(N, C)`` temporaries (the numba fallback upcasts bf16/fp16 inputs).  On the CPU a
+    gradient of 4 MiB or more comes from pysd's buffer cache (:func:`pysd.cpu_cache_info`): the
+    buffer of an earlier step whose tensors are all freed, instead of freshly faulted pages.
     Value checks (target range, negative weights or probabilities) synchronise with the
     device once; they are skipped while ``torch.compile`` traces, and an out-of-range
     class then yields NaN rather than reading out of bounds.

@@ -332,6 +332,7 @@ def propagate(graph, labels, *, num_classes: Optional[int] = None, mask=None, we
     No ``N x N`` temporaries.  ``reorder=True`` adds no ``(N, C)`` buffer of its own (the seeds are built
     in the solver's order, and the outputs return to the caller's order through the buffers the solve
     frees), except a permuted copy of soft labels; on first use per graph, the order and reordered CSR.
+    On the CPU the ``(N, C)`` buffers come from pysd's buffer cache (:func:`pysd.cpu_cache_info`).
 
     Host synchronisations per call (on a GPU): three.  The value checks of the inputs read one small
     summary vector (1); the extension waits for its stream once at the end of the solve for the

@@ -219,7 +219,8 @@ def sparse_kd_loss(student_logits: Tensor, teacher: SparseTeacher, target: Optio
 
     Memory: ``(N,)`` row losses and, when the student requires grad, one ``(N, V)`` gradient
     buffer written in the forward kernel; per thread O(V + k) scratch.  No other ``(N, V)``
-    temporaries (the ``torch`` fallback backend is a dense reference and has several).
+    temporaries (the ``torch`` fallback backend is a dense reference and has several).  On the
+    CPU the gradient comes from pysd's buffer cache (:func:`pysd.cpu_cache_info`).
     """
     if not isinstance(student_logits, Tensor):
         raise TypeError(f"kd_loss: student_logits must be a torch.Tensor, got {type(student_logits).__name__}")
