@@ -67,6 +67,15 @@ _hits = 0
 _misses = 0
 
 
+def _after_fork_in_child() -> None:
+    # Another thread of the parent may have held the lock at fork time; the child has no such thread.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _parse_limit(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int number of bytes, got {type(value).__name__}")
@@ -136,7 +145,7 @@ def empty(shape: Sequence[int], dtype: torch.dtype, device=None) -> Tensor:
     """An uninitialised contiguous tensor, like ``torch.empty(shape, dtype=dtype, device=device)``;
     on the CPU and of ``MIN_BYTES`` or more it comes from the cache, 64-byte aligned."""
     shape = tuple(int(s) for s in shape)
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if torch.device(device if device is not None else "cpu").type != "cpu" or nbytes < MIN_BYTES:
         return torch.empty(shape, dtype=dtype, device=device)
     with _lock:

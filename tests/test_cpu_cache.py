@@ -1,6 +1,8 @@
 """pysd.cpu_cache: buffers are reused only once no tensor of them remains, the limit holds, and the
 ops that draw from the cache return the same results while earlier results are still alive."""
 
+import multiprocessing
+import os
 import subprocess
 import sys
 import threading
@@ -134,7 +136,7 @@ def test_bad_limits_name_the_argument(bad, err):
 @pytest.mark.parametrize("value,ok", [("0", True), ("123456789", True), ("-5", False), ("4GB", False)])
 def test_the_environment_variable_sets_the_default_limit(value, ok):
     code = "import pysd; print(pysd.cpu_cache_info()['limit_bytes'])"
-    run = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, cpu_cache.ENV_VAR: value},
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, cpu_cache.ENV_VAR: value},
                          capture_output=True, text=True)
     if ok:
         assert run.returncode == 0 and int(run.stdout) == int(value)
@@ -159,6 +161,23 @@ def test_threads_never_share_a_live_buffer():
         t.join()
     assert not errors
     assert pysd.cpu_cache_info()["buffers"] <= 4
+
+
+def _allocate_and_exit():
+    t = cpu_cache.empty(BIG, torch.float32)
+    t[0, 0] = 1.0  # one element: no OpenMP region in the forked child
+    os._exit(0 if float(t[0, 0]) == 1.0 else 1)
+
+
+def test_a_forked_child_allocates_though_a_parent_thread_held_the_lock():
+    ctx = multiprocessing.get_context("fork")
+    with cpu_cache._lock:  # as another thread of the parent could at the moment of fork
+        child = ctx.Process(target=_allocate_and_exit)
+        child.start()
+    child.join(60)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense teacher", "sparse teacher"])
