@@ -38,7 +38,6 @@ ALIGN = 64  # bytes: the SIMD width the kernels load at, as torch's allocator gi
 MAX_SLACK = 2  # a cached buffer serves requests down to 1 / MAX_SLACK of its size
 
 
-
 class _Buffer:
     __slots__ = ("array", "view")
 
@@ -109,8 +108,9 @@ def _reserved() -> int:
 
 def _evict_idle(room: int) -> None:
     """Drops idle buffers, least recently used first, until ``room`` more bytes fit under the limit."""
+    limit = _current_limit()
     for b in list(_buffers):
-        if _reserved() + room <= _limit:
+        if _reserved() + room <= limit:
             return
         if b.idle():
             _buffers.remove(b)
@@ -120,7 +120,6 @@ def _take(nbytes: int) -> Optional[_Buffer]:
     """The smallest idle buffer that holds ``nbytes`` without wasting more than half, moved to the
     most-recently-used end; else a new one if it fits under the limit; else None."""
     global _hits, _misses
-    _current_limit()
     _evict_idle(0)  # buffers that were in use when the limit dropped
     need = nbytes + ALIGN
     fits = [b for b in _buffers if need <= b.nbytes <= MAX_SLACK * need and b.idle()]
@@ -187,7 +186,6 @@ def cpu_cache_info() -> dict:
     ``buffers`` (count), ``hits`` and ``misses`` (requests of ``MIN_BYTES`` or more served from an idle
     buffer / not) since the process started."""
     with _lock:
-        _current_limit()
         _evict_idle(0)
         in_use = sum(b.nbytes for b in _buffers if not b.idle())
         return {"limit_bytes": _current_limit(), "reserved_bytes": _reserved(), "in_use_bytes": in_use,
